@@ -1,0 +1,39 @@
+# The README's two set-up commands: `make demo` and `make test`. Both build .venv from nothing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.apeagent-installed
+UNAME_S := $(shell uname -s)
+UNAME_M := $(shell uname -m)
+
+.PHONY: demo test install lint bench clean
+
+demo: $(STAMP)
+	$(BIN)/python scripts/pipeline.py --preset tiny
+
+# pytest exits 5 when it collected no test: that is a failure here, not a pass.
+test: $(STAMP)
+	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "error: pytest ran no tests"; exit 1; fi; exit $$rc
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+ifeq ($(UNAME_S)-$(UNAME_M),Linux-x86_64)
+	@# the CPU build; a bare "torch" here can pull a multi-GB CUDA build
+	$(BIN)/python -m pip install -q torch==2.13.0
+endif
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	@bash scripts/install_openblas.sh
+	@touch $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache

@@ -1,0 +1,3 @@
+from finetune_mlx.cli import main
+
+main()

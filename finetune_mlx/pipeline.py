@@ -1,0 +1,364 @@
+"""The end-to-end pipeline: swaps -> features -> GAN -> synthetic windows -> teacher -> dataset
+-> LoRA student -> fused model -> canary evaluation -> report.
+
+Each stage is one stage CLI command run as a subprocess (stages talk only through files, and
+torch and MLX never share a process). A manifest in the run directory records every stage's
+command, inputs, settings, outputs, versions and time. A stage is skipped when its inputs,
+settings and outputs are unchanged since it last succeeded, so a killed or failed run resumes
+at the first stage that has not finished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.metadata as md
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+
+from finetune_mlx import atomic
+from finetune_mlx.config import SECTIONS, load
+from finetune_mlx.errors import UserError
+
+console = Console(stderr=True)
+
+RUN_DEFAULTS = {"run_dir": "runs/tiny", "source": "simulate"}
+VERSIONED = ("apeagent", "mlx", "mlx-lm", "torch", "numpy", "web3")
+
+
+@dataclass
+class Stage:
+    name: str
+    package: str  # the stage CLI: python -m <package> <command> <args>
+    command: str
+    args: list[str]
+    inputs: list[Path]
+    outputs: list[Path]
+    settings: dict[str, Any] = field(default_factory=dict)
+    about: str = ""
+
+
+def plan(cfg: dict[str, Any], run_dir: Path, config_file: Path, source: dict[str, Any]) -> list[Stage]:
+    """The stages of one run, in order, with their files. ``source`` picks the data."""
+    c = ["-c", str(config_file)]
+    r = run_dir
+    db = r / "chain" / "swaps.db"
+    bars = r / "features" / "bars.parquet"
+    ckpt = r / "gan" / "best.pt"
+    synthetic = r / "synthetic" / "windows.parquet"
+    real_windows = r / "features" / "real_windows.parquet"
+    answers = r / "teacher" / "answers.jsonl"
+    dataset = r / "dataset"
+    base = r / "student" / "base"
+    adapters = r / "student" / "adapters"
+    fused = r / "student" / "fused"
+    sec = {name: cfg.get(name, {}) for name in SECTIONS}
+    stages: list[Stage] = []
+
+    kind = source["kind"]
+    if kind == "simulate":
+        sim_csv = r / "chain" / "simulated_swaps.csv"
+        stages.append(Stage("simulate", "chain", "simulate", [*c, "--out", str(sim_csv)], [], [sim_csv],
+                            {"chain": sec["chain"]}, "SIMULATED swaps (the offline default data source)"))
+        stages.append(Stage("ingest", "chain", "import-csv", [*c, "--csv", str(sim_csv), "--db", str(db)],
+                            [sim_csv], [db], {}, "simulated swaps -> event store"))
+    elif kind == "csv":
+        csv = Path(source["path"])
+        stages.append(Stage("ingest", "chain", "import-csv", [*c, "--csv", str(csv), "--db", str(db)],
+                            [csv], [db], {}, f"real swaps from {csv} -> event store"))
+    elif kind == "store":
+        db = Path(source["path"])
+    elif kind == "rpc":
+        args = [*c, "--db", str(db)]
+        for url in source["urls"]:
+            args += ["--rpc-url", url]
+        for flag in ("from_block", "to_block"):
+            if source.get(flag) is not None:
+                args += [f"--{flag.replace('_', '-')}", str(source[flag])]
+        stages.append(Stage("ingest", "chain", "collect", args, [], [db],
+                            {"chain": sec["chain"], "source": {k: v for k, v in source.items() if k != "urls"}},
+                            "collect swaps from the RPC endpoint(s)"))
+    else:
+        raise UserError(f"unknown data source {kind!r}")
+
+    features = r / "features"
+    stages += [
+        Stage("process", "chain", "process", [*c, "--db", str(db), "--out-dir", str(features)],
+              [db], [bars, features / "swaps.parquet"], {"chain": sec["chain"]}, "swaps -> market features"),
+        Stage("gan-train", "gan_torch", "train", [*c, "--bars", str(bars), "--out-dir", str(r / "gan")],
+              [bars], [ckpt], {"gan": sec["gan"]}, "WGAN-GP on the bars"),
+        Stage("gan-generate", "gan_torch", "generate", [*c, "--checkpoint", str(ckpt), "--out", str(synthetic)],
+              [ckpt], [synthetic], {"gan": sec["gan"]}, "synthetic market windows"),
+        Stage("gan-validate", "gan_torch", "validate",
+              [*c, "--checkpoint", str(ckpt), "--bars", str(bars), "--out-dir", str(r / "validation")],
+              [ckpt, bars], [r / "validation" / "validation.json"], {"gan": sec["gan"]},
+              "fidelity vs held-out real data and baselines"),
+        Stage("real-windows", "gan_torch", "windows", [*c, "--bars", str(bars), "--out", str(real_windows)],
+              [bars], [real_windows], {"gan": sec["gan"]}, "real market windows"),
+        Stage("teacher", "distill", "teach",
+              [*c, "--windows", str(synthetic), "--windows", str(real_windows), "--out-dir", str(r / "teacher")],
+              [synthetic, real_windows], [answers], {"distill": sec["distill"]}, "teacher answers"),
+        Stage("dataset", "distill", "dataset", [*c, "--answers", str(answers), "--out-dir", str(dataset)],
+              [answers], [dataset / "train.jsonl", dataset / "valid.jsonl", dataset / "test.jsonl"],
+              {"distill": sec["distill"]}, "canary-word training data"),
+    ]
+    model = sec["finetune"].get("model")
+    if not model:  # the tiny preset builds its own offline student
+        stages.append(Stage("student-base", "finetune_mlx", "build-tiny",
+                            [*c, "--data", str(dataset), "--out", str(base)],
+                            [dataset / "train.jsonl"], [base], {"finetune": sec["finetune"]},
+                            "tiny offline qwen2 student"))
+        model_inputs = [base]
+        model = str(base)
+    else:
+        model_inputs = []
+    test = dataset / "test.jsonl"
+    stages += [
+        Stage("lora", "finetune_mlx", "lora", [*c, "--model", model, "--data", str(dataset), "--adapter-path", str(adapters)],
+              [*model_inputs, dataset / "train.jsonl", dataset / "valid.jsonl"], [adapters],
+              {"finetune": sec["finetune"]}, "LoRA with the canary-weighted loss"),
+        Stage("fuse", "finetune_mlx", "fuse", [*c, "--model", model, "--adapter-path", str(adapters), "--out", str(fused)],
+              [*model_inputs, adapters], [fused], {"finetune": sec["finetune"]}, "fused MLX model"),
+        Stage("eval", "finetune_mlx", "eval",
+              [*c, "--model", model, "--adapter-path", str(adapters), "--fused", str(fused),
+               "--data", str(test), "--out", str(r / "eval" / "eval.json")],
+              [*model_inputs, adapters, fused, test], [r / "eval" / "eval.json"], {"finetune": sec["finetune"]},
+              "canary evaluation: base vs adapter vs fused"),
+    ]
+    return stages
+
+
+# ---------------------------------------------------------------- fingerprints and manifest
+
+
+def fingerprint(path: Path) -> str | None:
+    """Content hash of a file or directory (big files by size + mtime, to stay fast)."""
+    if not path.exists():
+        return None
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        st = f.stat()
+        h.update(str(f.relative_to(path) if f != path else f.name).encode())
+        if st.st_size > 64 * 2**20:
+            h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+        else:
+            h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def settings_hash(stage: Stage) -> str:
+    text = json.dumps({"args": stage.args, "settings": stage.settings}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def load_manifest(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "manifest.json"
+    if not path.exists():
+        return {"stages": {}}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        # written atomically, so this is a hand edit gone wrong; starting over is safe
+        console.print(f"[yellow]warning: {path} is not valid JSON; all stages will re-run")
+        return {"stages": {}}
+
+
+def is_current(stage: Stage, record: dict[str, Any] | None) -> bool:
+    if not record or record.get("status") != "done":
+        return False
+    if record.get("settings") != settings_hash(stage):
+        return False
+    if record.get("inputs") != {str(p): fingerprint(p) for p in stage.inputs}:
+        return False
+    return record.get("outputs") == {str(p): fingerprint(p) for p in stage.outputs}
+
+
+def available(stage: Stage) -> bool:
+    """Is the stage's command built? (Lets the pipeline run what exists and name what does not.)"""
+    try:
+        import typer
+
+        module = importlib.import_module(f"{stage.package}.cli")
+        return stage.command in typer.main.get_command(module.app).commands
+    except (ImportError, AttributeError):
+        return False
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for name in VERSIONED:
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+# ---------------------------------------------------------------- running
+
+
+def run(
+    preset: str,
+    run_dir: Path | None = None,
+    source: dict[str, Any] | None = None,
+    force: list[str] | None = None,
+    until: str | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) the pipeline. Returns the manifest."""
+    cfg = load(preset)
+    for sec, values in (overrides or {}).items():
+        cfg.setdefault(sec, {}).update(values)
+    run_cfg = {**RUN_DEFAULTS, **cfg.get("run", {})}
+    run_dir = Path(run_dir or run_cfg["run_dir"])
+    source = source or {"kind": run_cfg["source"]}
+    if source["kind"] == "csv" and not Path(source["path"]).is_file():
+        raise UserError(f"swaps file not found: {source['path']}")
+
+    config_file = run_dir / "config.yaml"
+    stages = plan(cfg, run_dir, config_file, source)
+    names = [s.name for s in stages] + ["report"]
+    force = set(force or [])
+    unknown = force - set(names) - {"all"}
+    if unknown:
+        raise UserError(f"--force: unknown stage(s) {', '.join(sorted(unknown))} (stages: {', '.join(names)})")
+    if until is not None and until not in names:
+        raise UserError(f"--until: unknown stage {until!r} (stages: {', '.join(names)})")
+
+    # every stage reads the same effective config (preset + --set overrides), kept with the run
+    effective = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    text = yaml.safe_dump(effective, sort_keys=False)
+    if not config_file.exists() or config_file.read_text() != text:
+        atomic.write_text(config_file, text)
+    manifest = load_manifest(run_dir)
+    manifest.update(preset=preset, run_dir=str(run_dir), source=_describe(source), versions=versions())
+    if source["kind"] == "simulate":
+        console.print("[bold yellow]data source: SIMULATED swaps (offline default); "
+                      "use --swaps FILE or --rpc-url URL for real data")
+    console.rule(f"apeagent pipeline · preset {preset} · {run_dir}")
+    redo = False  # once a stage re-runs, everything after it re-runs too
+    for stage in stages:
+        record = manifest["stages"].get(stage.name)
+        if not redo and stage.name not in force and "all" not in force and is_current(stage, record):
+            console.print(f"[green]✓ {stage.name}[/] up to date ({stage.about})")
+        else:
+            if not available(stage):
+                console.print(f"[yellow]■ {stage.name}: not built yet "
+                              f"(`{stage.package} {stage.command}` does not exist); stopping here")
+                manifest["status"] = f"stopped: {stage.name} not built yet"
+                atomic.write_json(run_dir / "manifest.json", manifest)
+                return manifest
+            redo = True
+            _run_stage(stage, manifest, run_dir)
+        if stage.name == until:
+            manifest["status"] = f"stopped after {until}"
+            atomic.write_json(run_dir / "manifest.json", manifest)
+            return manifest
+
+    from finetune_mlx.report import write_report
+
+    started = time.time()
+    report = write_report(run_dir, manifest)
+    manifest["stages"]["report"] = {"status": "done", "outputs": report, "seconds": round(time.time() - started, 2)}
+    manifest["status"] = "done"
+    atomic.write_json(run_dir / "manifest.json", manifest)
+    console.print(f"[bold green]done[/]: report at {run_dir / 'report.md'}")
+    return manifest
+
+
+def _run_stage(stage: Stage, manifest: dict[str, Any], run_dir: Path) -> None:
+    cmd = [sys.executable, "-m", stage.package, stage.command, *stage.args]
+    console.print(f"[bold cyan]▶ {stage.name}[/]: {stage.about}")
+    console.print(f"  [dim]$ {' '.join(cmd[1:])}")
+    for p in stage.outputs:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    record = {
+        "status": "running",
+        "command": cmd[1:],
+        "settings": settings_hash(stage),
+        "inputs": {str(p): fingerprint(p) for p in stage.inputs},
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    manifest["stages"][stage.name] = record
+    atomic.write_json(run_dir / "manifest.json", manifest)
+    rc = subprocess.call(cmd)
+    record["seconds"] = round(time.time() - started, 2)
+    if rc != 0:
+        record["status"] = "failed"
+        record["exit_code"] = rc
+        manifest["status"] = f"failed at {stage.name}"
+        atomic.write_json(run_dir / "manifest.json", manifest)
+        raise StageFailed(stage.name, rc)
+    missing = [str(p) for p in stage.outputs if not p.exists()]
+    if missing:
+        record["status"] = "failed"
+        atomic.write_json(run_dir / "manifest.json", manifest)
+        raise StageFailed(stage.name, rc, f"did not write {', '.join(missing)}")
+    record["status"] = "done"
+    record["outputs"] = {str(p): fingerprint(p) for p in stage.outputs}
+    atomic.write_json(run_dir / "manifest.json", manifest)
+    console.print(f"[green]✓ {stage.name}[/] in {record['seconds']:.1f}s")
+
+
+class StageFailed(Exception):
+    def __init__(self, stage: str, code: int, why: str = ""):
+        self.stage, self.code = stage, code
+        super().__init__(f"stage {stage} failed (exit code {code}){': ' + why if why else ''}; "
+                         "finished stages are kept and the next run resumes here")
+
+
+def _describe(source: dict[str, Any]) -> dict[str, Any]:
+    out = dict(source)
+    if "urls" in out:  # endpoint URLs often embed API keys
+        out["urls"] = [u.split("?")[0].rsplit("/", 1)[0] + "/…" for u in out["urls"]]
+    return out
+
+
+# ---------------------------------------------------------------- command line
+
+
+def cli(
+    preset: str = "tiny",
+    swaps: Path | None = None,
+    store: Path | None = None,
+    rpc_url: list[str] | None = None,
+    from_block: int | None = None,
+    to_block: int | None = None,
+    run_dir: Path | None = None,
+    force: list[str] | None = None,
+    until: str | None = None,
+    set_: list[str] | None = None,
+) -> None:
+    from finetune_mlx.config import parse_overrides
+
+    chosen = [x for x in (swaps, store, rpc_url) if x]
+    if len(chosen) > 1:
+        raise UserError("choose one data source: --swaps, --store or --rpc-url")
+    if swaps:
+        source = {"kind": "csv", "path": str(swaps)}
+    elif store:
+        if not store.is_file():
+            raise UserError(f"event store not found: {store}")
+        source = {"kind": "store", "path": str(store)}
+    elif rpc_url:
+        source = {"kind": "rpc", "urls": list(rpc_url), "from_block": from_block, "to_block": to_block}
+    else:
+        source = None
+    try:
+        manifest = run(preset, run_dir, source, force, until, parse_overrides(set_))
+    except StageFailed as e:
+        console.print(f"[bold red]✗ {e}")
+        raise SystemExit(1) from None
+    if manifest.get("status", "").startswith("stopped"):
+        console.print(f"[yellow]{manifest['status']}")
+

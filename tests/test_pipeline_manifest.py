@@ -1,0 +1,66 @@
+"""Pipeline bookkeeping: what makes a finished stage current, and bad input."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from finetune_mlx.pipeline import Stage, fingerprint, is_current, settings_hash
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _record(stage):
+    return {
+        "status": "done",
+        "settings": settings_hash(stage),
+        "inputs": {str(p): fingerprint(p) for p in stage.inputs},
+        "outputs": {str(p): fingerprint(p) for p in stage.outputs},
+    }
+
+
+def test_stage_is_current_until_an_input_setting_or_output_changes(tmp_path):
+    src, out = tmp_path / "in.csv", tmp_path / "out" / "model"
+    src.write_text("a,b\n1,2\n")
+    out.mkdir(parents=True)
+    (out / "w.bin").write_bytes(b"\x00" * 10)
+    stage = Stage("s", "chain", "process", ["--x", "1"], [src], [out], {"chain": {"bar_seconds": 300}})
+    rec = _record(stage)
+    assert is_current(stage, rec)
+    src.write_text("a,b\n1,3\n")
+    assert not is_current(stage, rec)
+    rec = _record(stage)
+    (out / "w.bin").write_bytes(b"\x01" * 10)
+    assert not is_current(stage, rec)
+    rec = _record(stage)
+    stage.settings = {"chain": {"bar_seconds": 60}}
+    assert not is_current(stage, rec)
+    assert not is_current(stage, {**_record(stage), "status": "failed"})
+    assert not is_current(stage, None)
+
+
+def test_fingerprint_of_missing_path_is_none(tmp_path):
+    assert fingerprint(tmp_path / "nope") is None
+
+
+def _pipeline(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "pipeline.py"), *args],
+                          capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--preset", "huge"], "unknown preset 'huge'"),
+        (["--swaps", "no/such.csv"], "swaps file not found: no/such.csv"),
+        (["--force", "gan-tran"], "--force: unknown stage(s) gan-tran"),
+        (["--set", "gan=3"], "section.key=value"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_exit_2(tmp_path, args, needle):
+    r = _pipeline(*args, "--run-dir", str(tmp_path / "run"))
+    assert r.returncode == 2, r.stderr
+    assert needle in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "run").exists()
