@@ -1,0 +1,1 @@
+"""Market-state prompts, teacher answers (rules, mlx-lm, OpenAI-compatible), canary datasets."""

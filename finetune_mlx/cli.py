@@ -2,22 +2,43 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from finetune_mlx.errors import run_cli
+from finetune_mlx.errors import UserError, run_cli
 
 app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     help="Fine-tune the student with mlx-lm: LoRA, fuse, canary evaluation, tiny offline models.",
 )
+console = Console()
+
+_ENV_STATUS = "APE_LAUNCH_STATUS"
+ConfigOpt = typer.Option("tiny", "--config", "-c", help="Preset name (tiny, mac) or YAML path.")
 
 
 @app.callback()
 def _group() -> None:
     """Keep typer in multi-command mode."""
+
+
+def _settings(config: str, overrides: dict) -> tuple[dict, Path]:
+    """The finetune section (defaults < file < flags) and the run dir."""
+    from finetune_mlx.config import load, section
+    from finetune_mlx.train_config import DEFAULTS
+
+    cfg = load(config)
+    run_dir = Path((cfg.get("run") or {}).get("run_dir", "runs/tiny"))
+    return section(cfg, "finetune", DEFAULTS, overrides), run_dir
 
 
 @app.command()
@@ -31,6 +52,439 @@ def doctor() -> None:
     for key, value in report():
         table.add_row(key, value)
     Console().print(table)
+
+
+@app.command("build-tiny")
+def build_tiny_cmd(
+    data: Path = typer.Option(
+        None, "--data", help="Dataset dir with train/valid .jsonl [run_dir/dataset]."
+    ),
+    out: Path = typer.Option(None, "--out", help="Model dir to write [run_dir/student/base]."),
+    config: str = ConfigOpt,
+    hidden_size: int = typer.Option(None, help="finetune.tiny_hidden_size"),
+    num_layers: int = typer.Option(None, help="finetune.tiny_num_layers"),
+    vocab_size: int = typer.Option(None, help="finetune.tiny_vocab_size"),
+    pretrain_steps: int = typer.Option(
+        None, help="finetune.tiny_pretrain_steps (0: random weights)"
+    ),
+    seed: int = typer.Option(None, help="finetune.seed"),
+) -> None:
+    """Build the offline tiny qwen2 student from a dataset (tokenizer + brief plain-word pre-training)."""
+    from finetune_mlx.blas import ensure_fast_blas
+
+    ensure_fast_blas()
+    from finetune_mlx.data import load_splits
+
+    cfg, run_dir = _settings(
+        config,
+        {
+            "tiny_hidden_size": hidden_size,
+            "tiny_num_layers": num_layers,
+            "tiny_vocab_size": vocab_size,
+            "tiny_pretrain_steps": pretrain_steps,
+            "seed": seed,
+        },
+    )
+    data = data or run_dir / "dataset"
+    out = out or run_dir / "student" / "base"
+    splits = load_splits(data, ("train", "valid"))
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from finetune_mlx.tiny import build_tiny, corpus_from_dataset
+
+    corpus, chats = corpus_from_dataset(splits["train"] + splits["valid"])
+    steps = cfg["tiny_pretrain_steps"]
+    with Progress(
+        TextColumn("pre-train"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("loss {task.fields[loss]:.3f}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as prog:
+        task = prog.add_task("pretrain", total=steps, loss=float("nan"))
+        path = build_tiny(
+            out,
+            corpus,
+            hidden_size=cfg["tiny_hidden_size"],
+            num_layers=cfg["tiny_num_layers"],
+            num_heads=cfg["tiny_num_heads"],
+            num_kv_heads=cfg["tiny_num_kv_heads"],
+            intermediate_size=cfg["tiny_intermediate_size"] or None,
+            vocab_size=cfg["tiny_vocab_size"],
+            max_position_embeddings=max(cfg["max_seq_length"], 512),
+            pretrain_texts=chats[: len(splits["train"])],
+            pretrain_steps=steps,
+            pretrain_batch_size=cfg["tiny_pretrain_batch_size"],
+            pretrain_lr=cfg["tiny_pretrain_lr"],
+            seed=cfg["seed"],
+            on_step=lambda i, loss: prog.update(task, completed=i, loss=loss),
+        )
+    info = (path / "build_info.json").read_text()
+    console.print(f"wrote {path}\n{info}")
+
+
+def _free_port(n: int) -> int:
+    """A port p with p .. p+n-1 free on 127.0.0.1 (the ring backend listens on each)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port + n > 65535:
+            continue
+        socks = []
+        try:
+            for k in range(n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port + k))
+            return port
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise UserError("no free ports for mlx.launch")
+
+
+def _launch(num_processes: int, hostfile: Path | None) -> int:
+    """Re-run this command under ``mlx.launch`` (ring backend); returns an exit code.
+
+    mlx.launch exits 0 even when a rank fails, so each rank leaves a marker file when it
+    finishes and the exit code is 0 only if every rank did.
+    """
+    import tempfile
+
+    launcher = Path(sys.executable).parent / "mlx.launch"
+    launcher = str(launcher) if launcher.exists() else shutil.which("mlx.launch")
+    if launcher is None:
+        raise UserError("mlx.launch not found (it comes with the mlx package)")
+    cmd = [launcher, "--backend", "ring"]
+    if hostfile is not None:
+        if not hostfile.is_file():
+            raise UserError(f"hostfile not found: {hostfile}")
+        cmd += ["--hostfile", str(hostfile)]
+    else:
+        # Local ranks share the cores: one BLAS thread each avoids oversubscription.
+        cmd += [
+            "-n",
+            str(num_processes),
+            "-p",
+            str(_free_port(num_processes)),
+            "--env",
+            "OPENBLAS_NUM_THREADS=1",
+        ]
+    with tempfile.TemporaryDirectory(prefix="ape-launch-") as status:
+        cmd += [
+            "--env",
+            f"{_ENV_STATUS}={status}",
+            "--",
+            sys.executable,
+            "-m",
+            "finetune_mlx",
+            *sys.argv[1:],
+        ]
+        console.print(f"launching {num_processes} processes with mlx.launch (ring backend)")
+        code = subprocess.call(cmd)
+        done = len(list(Path(status).glob("rank*.ok")))
+    if code == 0 and done < num_processes:
+        console.print(f"[red]{num_processes - done} of {num_processes} processes failed[/red]")
+        code = 1
+    return code
+
+
+@app.command()
+def lora(
+    model: str = typer.Option(
+        None, "--model", help="Base model dir (or cached HF repo) [finetune.base_model]."
+    ),
+    data: Path = typer.Option(
+        None, "--data", help="Dataset dir with train/valid .jsonl [run_dir/dataset]."
+    ),
+    adapter_path: Path = typer.Option(
+        None, "--adapter-path", help="Adapter dir to write [run_dir/student/adapters]."
+    ),
+    config: str = ConfigOpt,
+    fine_tune_type: str = typer.Option(None, help="lora | dora | full"),
+    iters: int = typer.Option(None),
+    batch_size: int = typer.Option(None),
+    learning_rate: float = typer.Option(None),
+    num_layers: int = typer.Option(None, help="Blocks with adapters (-1: all)."),
+    lora_rank: int = typer.Option(None),
+    canary_weight: float = typer.Option(
+        None, help="Weight of canary tokens in the loss (1: mlx-lm's loss)."
+    ),
+    mask_prompt: bool = typer.Option(None, "--mask-prompt/--no-mask-prompt"),
+    grad_checkpoint: bool = typer.Option(None, "--grad-checkpoint/--no-grad-checkpoint"),
+    max_seq_length: int = typer.Option(None),
+    warmup_steps: int = typer.Option(None),
+    seed: int = typer.Option(None),
+    resume_adapter_file: Path = typer.Option(None, help="adapters.safetensors to start from."),
+    num_processes: int = typer.Option(
+        None, help="Data-parallel processes through mlx.launch (ring)."
+    ),
+    hostfile: Path = typer.Option(
+        None, help="mlx.launch hostfile (several Macs) instead of local processes."
+    ),
+) -> None:
+    """Fine-tune the student with mlx-lm's trainer and the canary-weighted loss."""
+    overrides = {
+        "base_model": model,
+        "fine_tune_type": fine_tune_type,
+        "iters": iters,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "num_layers": num_layers,
+        "lora_rank": lora_rank,
+        "canary_weight": canary_weight,
+        "mask_prompt": mask_prompt,
+        "grad_checkpoint": grad_checkpoint,
+        "max_seq_length": max_seq_length,
+        "warmup_steps": warmup_steps,
+        "seed": seed,
+        "num_processes": num_processes,
+    }
+    cfg, run_dir = _settings(config, overrides)
+    if (cfg["num_processes"] > 1 or hostfile is not None) and "MLX_RANK" not in os.environ:
+        raise typer.Exit(_launch(cfg["num_processes"], hostfile))
+    from finetune_mlx.blas import ensure_fast_blas
+
+    ensure_fast_blas()
+    from finetune_mlx.models import resolve_model
+    from finetune_mlx.train import train
+
+    report = train(
+        resolve_model(cfg["base_model"]),
+        data or run_dir / "dataset",
+        adapter_path or run_dir / "student" / "adapters",
+        cfg,
+        resume_adapter_file=resume_adapter_file,
+    )
+    if os.environ.get(_ENV_STATUS):
+        Path(os.environ[_ENV_STATUS], f"rank{report['rank']}.ok").touch()
+    if report["rank"] == 0:
+        console.print(
+            f"adapters: {adapter_path or run_dir / 'student' / 'adapters'}  "
+            f"train loss {report['final_train_loss']:.3f}  val loss {report['final_val_loss']:.3f}  "
+            f"{report['tokens_per_second']} tok/s  {report['seconds']} s"
+        )
+
+
+@app.command()
+def fuse(
+    model: str = typer.Option(None, "--model", help="Base model dir [finetune.base_model]."),
+    adapter_path: Path = typer.Option(
+        None, "--adapter-path", help="Adapter dir [run_dir/student/adapters]."
+    ),
+    out: Path = typer.Option(
+        None, "--out", help="Fused model dir to write [run_dir/student/fused]."
+    ),
+    dequantize: bool = typer.Option(
+        False, "--dequantize", help="Write float weights (from a quantized base)."
+    ),
+    config: str = ConfigOpt,
+) -> None:
+    """Fuse adapters into the base model: an MLX model dir for mlx_lm.load / mlx_lm.generate."""
+    from finetune_mlx.blas import ensure_fast_blas
+
+    ensure_fast_blas()
+    from finetune_mlx.fuse import fuse as fuse_model
+    from finetune_mlx.models import resolve_model
+
+    cfg, run_dir = _settings(config, {"base_model": model})
+    path = fuse_model(
+        resolve_model(cfg["base_model"]),
+        adapter_path or run_dir / "student" / "adapters",
+        out or run_dir / "student" / "fused",
+        dequantize=dequantize,
+    )
+    console.print(f"wrote {path}")
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def print_eval(report: dict) -> None:
+    table = Table(title=f"canary eval on {report['test_file']} (n={report['n']})")
+    table.add_column("metric")
+    names = list(report["variants"])
+    for name in names:
+        table.add_column(name, justify="right")
+    rows = [
+        ("canary compliance", "canary_compliance", _pct),
+        ("format validity", "format_validity", _pct),
+        ("decision agreement", "decision_agreement", _pct),
+        ("plain-word agreement", "plain_agreement", _pct),
+        ("answer tokens", "answer_tokens_mean", lambda x: f"{x:.1f}"),
+        ("tokens/s", "tokens_per_second", lambda x: f"{x:.0f}"),
+        ("latency mean (s)", "latency_s_mean", lambda x: f"{x:.3f}"),
+        ("latency p95 (s)", "latency_s_p95", lambda x: f"{x:.3f}"),
+    ]
+    for label, key, fmt in rows:
+        table.add_row(label, *(fmt(report["variants"][n][key]) for n in names))
+    console.print(table)
+    for name in names:
+        conf = Table(title=f"{name}: teacher (rows) vs student (columns)")
+        conf.add_column("teacher")
+        cols = list(next(iter(report["variants"][name]["confusion"].values())))
+        for c in cols:
+            conf.add_column(c, justify="right")
+        for t, row in report["variants"][name]["confusion"].items():
+            conf.add_row(t, *(str(row[c]) for c in cols))
+        console.print(conf)
+
+
+@app.command("eval")
+def eval_cmd(
+    model: str = typer.Option(None, "--model", help="Base model dir [finetune.base_model]."),
+    adapter_path: Path = typer.Option(
+        None, "--adapter-path", help="Adapter dir (adds base+adapter)."
+    ),
+    fused: Path = typer.Option(None, "--fused", help="Fused model dir (adds fused)."),
+    data: Path = typer.Option(
+        None, "--data", help="Dataset dir; test.jsonl is used [run_dir/dataset]."
+    ),
+    test_file: Path = typer.Option(None, "--test-file", help="A test .jsonl instead of --data."),
+    out: Path = typer.Option(None, "--out", help="eval.json to write [run_dir/student/eval.json]."),
+    limit: int = typer.Option(None, help="finetune.eval_limit (0: all test examples)"),
+    max_tokens: int = typer.Option(None, help="finetune.max_tokens"),
+    no_base: bool = typer.Option(False, "--no-base", help="Skip the base model."),
+    config: str = ConfigOpt,
+) -> None:
+    """Canary compliance, decision agreement, format, tokens/s, latency: base vs adapter vs fused."""
+    from finetune_mlx.blas import ensure_fast_blas
+
+    ensure_fast_blas()
+    from rich.progress import Progress
+
+    from finetune_mlx.atomic import write_json
+    from finetune_mlx.evaluate import evaluate
+    from finetune_mlx.models import resolve_model
+
+    cfg, run_dir = _settings(
+        config, {"base_model": model, "eval_limit": limit, "max_tokens": max_tokens}
+    )
+    variants: dict = {}
+    if not no_base or adapter_path is not None:
+        base = resolve_model(cfg["base_model"])
+        if not no_base:
+            variants["base"] = (base, None)
+        if adapter_path is not None:
+            variants["base+adapter"] = (base, adapter_path)
+    if fused is not None:
+        variants["fused"] = (fused, None)
+    if not variants:
+        raise UserError("nothing to evaluate (drop --no-base or give --adapter-path / --fused)")
+    test = test_file or (data or run_dir / "dataset") / "test.jsonl"
+    out = out or run_dir / "student" / "eval.json"
+    with Progress(console=console) as progress:
+        report = evaluate(
+            test, variants, max_tokens=cfg["max_tokens"], limit=cfg["eval_limit"], progress=progress
+        )
+    write_json(out, report)
+    print_eval(report)
+    console.print(f"wrote {out}")
+
+
+@app.command()
+def generate(
+    model: str = typer.Option(
+        None, "--model", help="Model dir (base or fused) [finetune.base_model]."
+    ),
+    adapter_path: Path = typer.Option(None, "--adapter-path", help="Optional adapter dir."),
+    price: float = typer.Option(3000.0, help="USDC per ETH at the end of the window."),
+    change_pct: float = typer.Option(0.8, help="Price change over the window, %."),
+    volume_eth: float = typer.Option(120.0),
+    volatility_pct: float = typer.Option(0.5),
+    swap_count: int = typer.Option(400),
+    eth_balance: float = typer.Option(1.0),
+    usdc_balance: float = typer.Option(5000.0),
+    window_minutes: int = typer.Option(60),
+    max_tokens: int = typer.Option(None, help="finetune.max_tokens"),
+    config: str = ConfigOpt,
+) -> None:
+    """Answer one trading prompt (built by distill's prompt function); show the parsed decision."""
+    from finetune_mlx.blas import ensure_fast_blas
+
+    ensure_fast_blas()
+    import math
+
+    from distill.parse import parse_answer
+    from distill.prompt import LN_TICK, MarketState, messages
+    from finetune_mlx.evaluate import answer
+    from finetune_mlx.models import load, resolve_model
+
+    cfg, _ = _settings(config, {"base_model": model, "max_tokens": max_tokens})
+    state = MarketState(
+        price=price,
+        change_pct=change_pct,
+        change_ticks=int(round(math.log1p(change_pct / 100) / LN_TICK)),
+        volume_eth=volume_eth,
+        volume_usdc=volume_eth * price,
+        volatility_pct=volatility_pct,
+        swap_count=swap_count,
+        eth_balance=eth_balance,
+        usdc_balance=usdc_balance,
+        window_minutes=window_minutes,
+    )
+    msgs = messages(state)
+    mdl, tok = load(resolve_model(cfg["base_model"]), adapter_path)
+    out = answer(mdl, tok, msgs, cfg["max_tokens"])
+    parsed = parse_answer(out["text"])
+    console.rule("prompt")
+    console.print(msgs[-1]["content"], markup=False)
+    console.rule("answer")
+    console.print(out["text"], markup=False)
+    console.rule()
+    amount = f" {parsed.amount_eth} ETH" if parsed.amount_eth is not None else ""
+    verdict = (
+        f"{parsed.decision}{amount}"
+        if parsed.valid
+        else f"no valid canary decision ({parsed.reason})"
+    )
+    console.print(
+        f"decision: [bold]{verdict}[/bold]   {out['tokens']} tokens, "
+        f"{out['tokens_per_second']:.0f} tok/s, {out['latency_s']:.2f} s"
+    )
+
+
+@app.command("export-hf")
+def export_hf_cmd(
+    model: Path = typer.Option(..., "--model", "-m", help="MLX model dir (fused, possibly quantized)"),
+    out: Path = typer.Option(..., "--out", "-o", help="output transformers dir (replaced atomically)"),
+    dtype: str = typer.Option("float16", help="float16 | bfloat16 | float32"),
+) -> None:
+    """MLX model -> Hugging Face transformers dir (dequantized), loadable by PyTorch."""
+    from finetune_mlx.blas import ensure_fast_blas
+
+    ensure_fast_blas()
+    from finetune_mlx.export_hf import export_hf
+
+    path = export_hf(model, out, dtype)
+    console.print(f"wrote {path} (transformers.AutoModelForCausalLM.from_pretrained loads it)")
+
+
+@app.command("export-gguf")
+def export_gguf_cmd(
+    model: Path = typer.Option(..., "--model", "-m", help="MLX model dir (fused, possibly quantized)"),
+    out: Path = typer.Option(..., "--out", "-o", help="output .gguf file; the Modelfile goes beside it"),
+    outtype: str = typer.Option("f16", help="f16 | bf16 | f32"),
+    name: str | None = typer.Option(None, help="general.name (default: model dir name)"),
+    system: str | None = typer.Option(None, help="SYSTEM prompt for the Modelfile"),
+    system_from: Path | None = typer.Option(None, help="take SYSTEM from this dataset dir / .jsonl"),
+    num_ctx: int | None = typer.Option(None, help="Modelfile num_ctx (default min(context, 4096))"),
+) -> None:
+    """MLX model -> qwen2 GGUF (llama.cpp, Ollama) + an Ollama Modelfile."""
+    from finetune_mlx.blas import ensure_fast_blas
+
+    ensure_fast_blas()
+    from finetune_mlx.export_gguf import dataset_system_prompt, export_gguf
+
+    if system is None and system_from is not None:
+        system = dataset_system_prompt(system_from)
+    path = export_gguf(model, out, outtype, name=name, system=system, num_ctx=num_ctx)
+    console.print(f"wrote {path} and {path.parent / 'Modelfile'}")
 
 
 def main() -> None:

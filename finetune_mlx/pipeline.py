@@ -44,6 +44,7 @@ class Stage:
     outputs: list[Path]
     settings: dict[str, Any] = field(default_factory=dict)
     about: str = ""
+    fresh: bool = False  # remove old outputs first (an import must not merge into a stale store)
 
 
 def plan(cfg: dict[str, Any], run_dir: Path, config_file: Path, source: dict[str, Any]) -> list[Stage]:
@@ -68,12 +69,12 @@ def plan(cfg: dict[str, Any], run_dir: Path, config_file: Path, source: dict[str
         sim_csv = r / "chain" / "simulated_swaps.csv"
         stages.append(Stage("simulate", "chain", "simulate", [*c, "--out", str(sim_csv)], [], [sim_csv],
                             {"chain": sec["chain"]}, "SIMULATED swaps (the offline default data source)"))
-        stages.append(Stage("ingest", "chain", "import-csv", [*c, "--csv", str(sim_csv), "--db", str(db)],
-                            [sim_csv], [db], {}, "simulated swaps -> event store"))
+        stages.append(Stage("ingest", "chain", "import-csv", [*c, str(sim_csv), "--db", str(db)],
+                            [sim_csv], [db], {}, "simulated swaps -> event store", fresh=True))
     elif kind == "csv":
         csv = Path(source["path"])
-        stages.append(Stage("ingest", "chain", "import-csv", [*c, "--csv", str(csv), "--db", str(db)],
-                            [csv], [db], {}, f"real swaps from {csv} -> event store"))
+        stages.append(Stage("ingest", "chain", "import-csv", [*c, str(csv), "--db", str(db)],
+                            [csv], [db], {}, f"real swaps from {csv} -> event store", fresh=True))
     elif kind == "store":
         db = Path(source["path"])
     elif kind == "rpc":
@@ -110,8 +111,9 @@ def plan(cfg: dict[str, Any], run_dir: Path, config_file: Path, source: dict[str
               [answers], [dataset / "train.jsonl", dataset / "valid.jsonl", dataset / "test.jsonl"],
               {"distill": sec["distill"]}, "canary-word training data"),
     ]
-    model = sec["finetune"].get("model")
-    if not model:  # the tiny preset builds its own offline student
+    model = sec["finetune"].get("base_model")
+    if not model or model.startswith(str(cfg.get("run", {}).get("run_dir", "runs/"))):
+        # the tiny preset builds its own offline student
         stages.append(Stage("student-base", "finetune_mlx", "build-tiny",
                             [*c, "--data", str(dataset), "--out", str(base)],
                             [dataset / "train.jsonl"], [base], {"finetune": sec["finetune"]},
@@ -129,7 +131,7 @@ def plan(cfg: dict[str, Any], run_dir: Path, config_file: Path, source: dict[str
               [*model_inputs, adapters], [fused], {"finetune": sec["finetune"]}, "fused MLX model"),
         Stage("eval", "finetune_mlx", "eval",
               [*c, "--model", model, "--adapter-path", str(adapters), "--fused", str(fused),
-               "--data", str(test), "--out", str(r / "eval" / "eval.json")],
+               "--test-file", str(test), "--out", str(r / "eval" / "eval.json")],
               [*model_inputs, adapters, fused, test], [r / "eval" / "eval.json"], {"finetune": sec["finetune"]},
               "canary evaluation: base vs adapter vs fused"),
     ]
@@ -281,6 +283,9 @@ def _run_stage(stage: Stage, manifest: dict[str, Any], run_dir: Path) -> None:
     console.print(f"  [dim]$ {' '.join(cmd[1:])}")
     for p in stage.outputs:
         p.parent.mkdir(parents=True, exist_ok=True)
+        if stage.fresh:
+            for old in p.parent.glob(p.name + "*"):  # the store and its -wal/-shm files
+                old.unlink()
     started = time.time()
     record = {
         "status": "running",

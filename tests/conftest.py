@@ -1,16 +1,16 @@
 """Run the whole suite with the fast BLAS for MLX: pytest is re-executed once with OpenBLAS
-preloaded (see finetune_mlx/blas.py). Output capture is paused around the re-exec so the new
+preloaded (see finetune_mlx/blas.py). Output capture is stopped before that re-exec so the new
 process writes to the real terminal, not to pytest's capture files."""
 
-from finetune_mlx.blas import ensure_fast_blas
+import os
+import platform
+
+from finetune_mlx.blas import ensure_fast_blas, find_openblas, plan
 
 
 def pytest_configure(config):
+    action, _ = plan(dict(os.environ), platform.system(), platform.machine(), find_openblas())
     capman = config.pluginmanager.getplugin("capturemanager")
-    if capman is not None:
-        capman.suspend_global_capture(in_=True)
-    try:
-        ensure_fast_blas()
-    finally:
-        if capman is not None:
-            capman.resume_global_capture()
+    if action == "preload" and capman is not None:
+        capman.stop_global_capturing()
+    ensure_fast_blas()

@@ -15,13 +15,16 @@ def test_presets_exist_and_load():
 
 
 def test_file_extends_preset_and_overrides_win(tmp_path):
+    from gan_torch.config import DEFAULTS as GAN
+
     f = tmp_path / "my.yaml"
-    f.write_text("extends: tiny\ngan:\n  steps: 7\n  lr: 2e-4\n")
+    f.write_text("extends: tiny\ngan:\n  steps: 7\n  lr_g: 1e-4\n")
     cfg = load(f)
     assert cfg["run"]["run_dir"] == "runs/tiny"
-    gan = section(cfg, "gan", DEFAULTS, {"device": "cpu", "quick": None})
-    assert gan["steps"] == 7 and gan["lr"] == pytest.approx(2e-4) and gan["device"] == "cpu"
-    assert gan["quick"] is False and gan["model"] is None
+    tiny = section(load("tiny"), "gan", GAN)
+    gan = section(cfg, "gan", GAN, {"device": "cpu", "seed": None})
+    assert gan["steps"] == 7 and gan["lr_g"] == pytest.approx(1e-4) and gan["device"] == "cpu"
+    assert gan["seed"] == tiny["seed"] and gan["window"] == tiny["window"]  # the rest from tiny
 
 
 def test_cli_style_overrides():

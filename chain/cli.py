@@ -1,0 +1,326 @@
+"""`ape-chain` / `python -m chain`: collect, import, export, process, simulate, snapshot.
+
+Trading-agent commands (backtest, agent) live in their own modules and register on ``app``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from chain.agent_cli import register as register_agent_commands
+from finetune_mlx.errors import UserError, run_cli
+
+app = typer.Typer(
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Uniswap V4 ETH-USDC swaps on Base: collect, store, simulate, process, snapshot.",
+)
+console = Console(stderr=True)
+
+ConfigOpt = typer.Option("tiny", "--config", "-c", help="Preset name (tiny, mac) or YAML path.")
+
+
+@app.callback()
+def _group() -> None:
+    """Keep typer in multi-command mode."""
+
+
+def _settings(config: str, overrides: dict) -> tuple[dict, Path]:
+    from chain.config import DEFAULTS
+    from finetune_mlx.config import load, section
+
+    cfg = load(config)
+    run_dir = Path((cfg.get("run") or {}).get("run_dir", "runs/tiny"))
+    return section(cfg, "chain", DEFAULTS, overrides), run_dir
+
+
+def _block(value: str | int, name: str) -> int | str:
+    if isinstance(value, int) or str(value) == "latest":
+        return value
+    try:
+        return int(str(value), 0)
+    except ValueError:
+        raise UserError(f"{name} must be a block number or 'latest', got {value!r}") from None
+
+
+@app.command()
+def collect(
+    db: Path = typer.Option(None, "--db", help="SQLite event store to fill [run_dir/swaps.db]."),
+    rpc_url: list[str] = typer.Option(
+        None, "--rpc-url", help="Base JSON-RPC URL; repeat for several."
+    ),
+    from_block: int = typer.Option(None, "--from-block"),
+    to_block: str = typer.Option(
+        None, "--to-block", help="Block number or 'latest' (minus --confirmations)."
+    ),
+    confirmations: int = typer.Option(None, "--confirmations"),
+    pool_id: str = typer.Option(None, "--pool-id"),
+    concurrency: int = typer.Option(None, "--concurrency", help="eth_getLogs requests in flight."),
+    rate_limit: float = typer.Option(
+        None, "--rate-limit", help="Requests/s per endpoint (0: unlimited)."
+    ),
+    chunk_size: int = typer.Option(None, "--chunk-size", help="First block range per request."),
+    timeout: float = typer.Option(None, "--timeout", help="Seconds per HTTP request."),
+    max_retries: int = typer.Option(None, "--max-retries"),
+    with_tx: bool = typer.Option(
+        False, "--with-tx", help="Also fetch tx sender, tx target, sender is contract."
+    ),
+    follow: bool = typer.Option(False, "--follow", help="Keep tailing new blocks."),
+    allow_chain_id: int = typer.Option(
+        None, "--allow-chain-id", help="Accept this chain id besides 8453."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    config: str = ConfigOpt,
+) -> None:
+    """eth_getLogs of the pool's Swap events into the SQLite store (resumable, exact)."""
+    from chain.collect import CollectError, CollectSettings
+    from chain.collect import collect as run_collect
+
+    c, run_dir = _settings(
+        config,
+        {
+            "rpc_urls": rpc_url or None,
+            "from_block": from_block,
+            "to_block": to_block,
+            "confirmations": confirmations,
+            "pool_id": pool_id,
+            "concurrency": concurrency,
+            "rate_limit": rate_limit,
+            "chunk_size": chunk_size,
+            "timeout_s": timeout,
+            "max_retries": max_retries,
+        },
+    )
+    if not c["rpc_urls"]:
+        raise UserError("no RPC endpoint: pass --rpc-url URL (or set chain.rpc_urls in the config)")
+    if c["concurrency"] < 1:
+        raise UserError("--concurrency must be >= 1")
+    s = CollectSettings(
+        rpc_urls=list(c["rpc_urls"]),
+        from_block=int(c["from_block"]),
+        to_block=_block(c["to_block"] if c["to_block"] is not None else "latest", "--to-block"),
+        confirmations=c["confirmations"],
+        pool_id=c["pool_id"],
+        chunk_size=c["chunk_size"],
+        max_chunk=c["max_chunk"],
+        concurrency=c["concurrency"],
+        rate_limit=c["rate_limit"] or None,
+        timeout_s=c["timeout_s"],
+        max_retries=c["max_retries"],
+        batch_size=c["batch_size"],
+        with_tx=with_tx,
+        follow=follow,
+        poll_s=c["poll_s"],
+        allow_chain_id=allow_chain_id,
+        reorg_depth=c["reorg_depth"],
+        progress=not quiet,
+    )
+    db = db or run_dir / "swaps.db"
+    try:
+        stats = run_collect(db, s, log=lambda m: console.print(m))
+    except KeyboardInterrupt:
+        console.print("interrupted: the store holds every committed chunk; run again to resume")
+        raise typer.Exit(130) from None
+    except CollectError as e:
+        console.print(
+            f"[red]error:[/red] {e} (the store holds every committed chunk; run again to resume)"
+        )
+        raise typer.Exit(1) from None
+    d = stats.as_dict()
+    console.print(
+        f"{db}: {d['events']} new events in {d['blocks']} blocks, {d['seconds']:.1f}s "
+        f"({d['blocks_per_s']:,.0f} blocks/s), {d['retries']} retries, {d['splits']} splits"
+    )
+
+
+@app.command("import-csv")
+def import_csv(
+    csv_path: Path = typer.Argument(
+        ..., help="Swaps CSV (format of ../shared/data/base_eth_usdc_v4_swaps.csv)."
+    ),
+    db: Path = typer.Option(None, "--db", help="SQLite event store [run_dir/swaps.db]."),
+    pool_id: str = typer.Option(None, "--pool-id"),
+    config: str = ConfigOpt,
+) -> None:
+    """Import a swaps CSV into the store (sorted by block; file order within a block)."""
+    from chain.csvio import read_swaps_csv
+    from chain.store import Store
+
+    c, run_dir = _settings(config, {"pool_id": pool_id})
+    rows = read_swaps_csv(csv_path, pool=c["pool_id"])  # every check before the store is opened
+    if not rows:
+        raise UserError(f"{csv_path}: no rows")
+    db = db or run_dir / "swaps.db"
+    source = "simulated" if any(r["sender"] == "simulated" for r in rows) else "csv"
+    existed = db.exists()
+    with Store(db) as store:
+        meta = store.meta()
+        if existed and meta.get("source") not in (None, source):
+            raise UserError(f"{db}: store holds {meta.get('source')} data; import into a new --db")
+        if existed and meta.get("pool_id") not in (None, rows[0]["pool_id"]):
+            raise UserError(f"{db}: store is for pool {meta['pool_id']}")
+        store.commit_chunk(
+            rows[0]["block_number"],
+            rows[-1]["block_number"],
+            rows,
+            meta={"source": source, "pool_id": rows[0]["pool_id"], "csv": str(csv_path)},
+            mark_done=False,  # a CSV says nothing about blocks it does not list
+        )
+        total = store.count()
+    label = " (SIMULATED data)" if source == "simulated" else ""
+    console.print(f"{db}: imported {len(rows)} swaps{label}, store holds {total}")
+
+
+@app.command()
+def export(
+    db: Path = typer.Option(None, "--db", help="SQLite event store [run_dir/swaps.db]."),
+    csv_out: Path = typer.Option(None, "--csv", help="Write the swaps CSV (+ log_index) here."),
+    processed: Path = typer.Option(
+        None, "--processed", help="Write swaps.parquet + bars.parquet in this dir."
+    ),
+    bar_seconds: int = typer.Option(None, "--bar-seconds"),
+    config: str = ConfigOpt,
+) -> None:
+    """Export the store as CSV (same columns + log_index) and/or the processed parquet files."""
+    from chain.csvio import write_swaps_csv
+
+    c, run_dir = _settings(config, {"bar_seconds": bar_seconds})
+    if csv_out is None and processed is None:
+        raise UserError("nothing to export: pass --csv FILE and/or --processed DIR")
+    rows = _store_rows(db or run_dir / "swaps.db")
+    if csv_out is not None:
+        n = write_swaps_csv(csv_out, rows)
+        console.print(f"{csv_out}: {n} swaps")
+    if processed is not None:
+        _process_rows(rows, processed, c["bar_seconds"], source=str(db))
+
+
+def _store_rows(db: Path) -> list[dict]:
+    from chain.store import Store
+
+    if not db.is_file():
+        raise UserError(f"store not found: {db}")
+    with Store(db) as store:
+        rows = list(store.swaps())
+        source = store.get_meta("source")
+    if not rows:
+        raise UserError(f"{db}: store holds no swaps")
+    if source == "simulated":
+        console.print(f"{db}: [bold]SIMULATED[/bold] swaps (not real market data)")
+    return rows
+
+
+def _process_rows(rows: list[dict], out_dir: Path, bar_seconds: int, source: str) -> dict:
+    from chain.process import process as run_process
+    from finetune_mlx.atomic import write_json
+
+    simulated = any(r["sender"] == "simulated" for r in rows)
+    t0 = time.perf_counter()
+    summary = run_process(rows, out_dir, bar_seconds)
+    summary.update(source=source, simulated=simulated, seconds=round(time.perf_counter() - t0, 3))
+    write_json(out_dir / "process_report.json", summary)
+    label = " [bold](SIMULATED data)[/bold]" if simulated else ""
+    console.print(
+        f"{out_dir}: swaps.parquet ({summary['swaps']} rows), bars.parquet ({summary['bars']} bars of "
+        f"{bar_seconds}s, {summary['empty_bars']} empty){label}"
+    )
+    return summary
+
+
+@app.command()
+def process(
+    db: Path = typer.Option(None, "--db", help="Read swaps from this SQLite store."),
+    csv_path: Path = typer.Option(None, "--csv", help="Read swaps from this CSV instead."),
+    out_dir: Path = typer.Option(
+        None, "--out-dir", help="Where swaps.parquet and bars.parquet go [run_dir]."
+    ),
+    bar_seconds: int = typer.Option(None, "--bar-seconds", help="Bar length in seconds [300]."),
+    pool_id: str = typer.Option(None, "--pool-id"),
+    config: str = ConfigOpt,
+) -> None:
+    """Swaps -> swaps.parquet (per swap) and bars.parquet (time bars), in chain order."""
+    from chain.csvio import read_swaps_csv
+
+    c, run_dir = _settings(config, {"bar_seconds": bar_seconds, "pool_id": pool_id})
+    if (db is None) == (csv_path is None):
+        raise UserError("pass exactly one input: --db STORE or --csv FILE")
+    rows = read_swaps_csv(csv_path, pool=c["pool_id"]) if csv_path else _store_rows(db)
+    _process_rows(rows, out_dir or run_dir, c["bar_seconds"], source=str(csv_path or db))
+
+
+@app.command()
+def simulate(
+    out: Path = typer.Option(None, "--out", help="Swaps CSV to write [run_dir/swaps.csv]."),
+    n_swaps: int = typer.Option(None, "--n-swaps"),
+    seed: int = typer.Option(None, "--seed"),
+    start_timestamp: int = typer.Option(None, "--start-timestamp"),
+    config: str = ConfigOpt,
+) -> None:
+    """Write SIMULATED swaps (seeded; exact V4 swap math) in the swaps CSV schema."""
+    from chain.csvio import write_swaps_csv
+    from chain.simulate import simulate as run_simulate
+
+    c, run_dir = _settings(
+        config, {"sim_swaps": n_swaps, "sim_seed": seed, "sim_start_timestamp": start_timestamp}
+    )
+    if c["sim_swaps"] < 1:
+        raise UserError("--n-swaps must be >= 1")
+    out = out or run_dir / "swaps.csv"
+    rows = run_simulate(
+        c["sim_swaps"], seed=c["sim_seed"], start_timestamp=c["sim_start_timestamp"]
+    )
+    write_swaps_csv(out, rows)
+    console.print(
+        f"{out}: {len(rows)} [bold]SIMULATED[/bold] swaps (seed {c['sim_seed']}; "
+        "router_address/original_sender = 'simulated')"
+    )
+
+
+@app.command()
+def snapshot(
+    rpc_url: list[str] = typer.Option(None, "--rpc-url", help="Base JSON-RPC URL."),
+    minutes: int = typer.Option(None, "--minutes", help="Window of recent swaps [60]."),
+    pool_id: str = typer.Option(None, "--pool-id"),
+    allow_chain_id: int = typer.Option(None, "--allow-chain-id"),
+    out: Path = typer.Option(None, "--out", help="Write the JSON here (default: stdout)."),
+    config: str = ConfigOpt,
+) -> None:
+    """Live pool state (StateView getSlot0 + getLiquidity) and last-N-minutes metrics as JSON."""
+    from chain.snapshot import snapshot as run_snapshot
+    from finetune_mlx.atomic import write_json
+
+    c, _ = _settings(
+        config, {"rpc_urls": rpc_url or None, "snapshot_minutes": minutes, "pool_id": pool_id}
+    )
+    if not c["rpc_urls"]:
+        raise UserError("no RPC endpoint: pass --rpc-url URL")
+    snap = run_snapshot(
+        c["rpc_urls"],
+        pool_id=c["pool_id"],
+        minutes=c["snapshot_minutes"],
+        allow_chain_id=allow_chain_id,
+        timeout_s=c["timeout_s"],
+        max_retries=min(c["max_retries"], 5),
+    )
+    if out:
+        write_json(out, snap)
+        console.print(f"{out}: pool snapshot at block {snap['block_number']}")
+    else:
+        print(json.dumps(snap, indent=2))
+
+
+# the trading agent's commands (backtest, agent) live in their own modules
+register_agent_commands(app)
+
+
+def main() -> None:
+    run_cli(app)
+
+
+if __name__ == "__main__":
+    main()

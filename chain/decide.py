@@ -1,0 +1,270 @@
+"""The decision engine: a market state in, one canary decision out.
+
+Policies share one shape, ``policy.decide(state, history) -> Decision``:
+
+- :class:`ModelPolicy`: an MLX model (a fused model dir, or a base model + LoRA adapters)
+  loaded with ``mlx_lm.load``; the user prompt is ``distill.prompt.format_prompt`` (the very
+  text the student was trained on), the answer is parsed with ``distill.parse.parse_answer``.
+  An unparseable answer counts as ``APE NEUTRAL`` and keeps its raw text for the log. The
+  same class runs an MLX *teacher* (parsed with ``plain=True``, buy/sell/hold words accepted).
+- :class:`RulesPolicy`: the deterministic rules teacher of ``distill.rules`` (the analyst
+  that labelled the training data), for comparison.
+- :class:`HoldPolicy` (buy-and-hold: keep the initial mix) and :class:`RebalancePolicy`
+  (back to 50/50 whenever the ETH share leaves the band).
+
+Stateful mode (:class:`History`): recent trades and their outcomes go into the prompt as one
+extra user message placed *before* the market-state prompt (which stays exactly
+``format_prompt``'s text). When the chat no longer fits the model's context minus the answer
+budget, the oldest trades are folded into a one-line summary, then the summary is dropped.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from distill.parse import APE_IN, APE_NEUTRAL, APE_OUT, parse_answer
+from distill.prompt import MarketState, format_prompt, system_prompt
+from finetune_mlx.errors import UserError
+
+
+@dataclass
+class Decision:
+    decision: str  # APE IN | APE OUT | APE NEUTRAL (a fallback NEUTRAL when unparseable)
+    amount_eth: float | None = None
+    valid: bool = True  # False: the answer could not be parsed (fell back to APE NEUTRAL)
+    reason: str | None = None  # the parser's reason when not valid
+    raw: str = ""  # the model's text ("" for rule policies)
+    prompt_tokens: int = 0
+    answer_tokens: int = 0
+    latency_s: float = 0.0
+    history_trades: int = 0  # trades shown in detail in the prompt (stateful mode)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------- history (stateful mode)
+
+
+@dataclass
+class Trade:
+    time: int  # unix seconds
+    decision: str
+    amount_eth: float  # ETH bought (+) or sold (-), fee and gas included
+    price: float  # execution price, USDC per ETH
+
+
+@dataclass
+class History:
+    """Trades the policy made, rendered for the prompt with their outcome so far."""
+
+    trades: list[Trade] = field(default_factory=list)
+    start_value_usdc: float = 0.0
+
+    def add(self, t: Trade) -> None:
+        self.trades.append(t)
+
+    def render(self, price: float, value_usdc: float, detail: int) -> str:
+        """``detail`` most recent trades line by line, older ones as one summary line."""
+        if not self.trades:
+            return ""
+        detail = max(0, min(detail, len(self.trades)))
+        older, recent = (
+            self.trades[: len(self.trades) - detail],
+            self.trades[len(self.trades) - detail :],
+        )
+        lines = ["Your trades so far (outcome: price move since the trade)"]
+        if older:
+            n_in = sum(t.decision == APE_IN for t in older)
+            lines.append(
+                f"earlier: {len(older)} trades ({n_in} APE IN, {len(older) - n_in} APE OUT)"
+            )
+        for t in recent:
+            stamp = time.strftime("%m-%d %H:%M", time.gmtime(t.time))
+            move = 100.0 * (price / t.price - 1.0) if t.price > 0 else 0.0
+            lines.append(
+                f"{stamp} {t.decision} {abs(t.amount_eth):.4f} ETH at {t.price:.2f}, since {move:+.2f}%"
+            )
+        if self.start_value_usdc > 0:
+            lines.append(
+                f"portfolio since start {100.0 * (value_usdc / self.start_value_usdc - 1.0):+.2f}%"
+            )
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- policies
+
+
+class HoldPolicy:
+    """Buy-and-hold: keep the initial ETH/USDC mix, never trade."""
+
+    name = "hold"
+
+    def decide(self, state: MarketState, history: History | None = None) -> Decision:
+        return Decision(APE_NEUTRAL)
+
+
+class RebalancePolicy:
+    """50/50 rebalancer: trade back to an even split when |ETH share - 50| > band."""
+
+    name = "rebalance"
+
+    def __init__(self, band_pct: float = 5.0):
+        self.band_pct = band_pct
+
+    def decide(self, state: MarketState, history: History | None = None) -> Decision:
+        share, price = state.eth_share_pct, state.price
+        if abs(share - 50.0) <= self.band_pct or price <= 0:
+            return Decision(APE_NEUTRAL)
+        eth = abs(state.portfolio_usdc / 2 - state.eth_balance * price) / price
+        return Decision(APE_OUT if share > 50.0 else APE_IN, eth)
+
+
+class RulesPolicy:
+    """The rules teacher of ``distill.rules`` on the same state (thresholds from ``distill``)."""
+
+    name = "rules"
+
+    def __init__(self, distill_cfg: dict):
+        self.cfg = distill_cfg
+
+    def decide(self, state: MarketState, history: History | None = None) -> Decision:
+        from distill.rules import decide
+
+        d = decide(state, self.cfg)
+        return Decision(d["decision"], d["amount_eth"])
+
+
+def check_model_dir(path: str | Path, what: str = "model") -> Path:
+    """A clear error for a missing or incomplete MLX model / adapter dir (before loading)."""
+    p = Path(path)
+    if not str(path):
+        raise UserError(f"no {what} given (--model or agent.model)")
+    if not p.exists():
+        raise UserError(f"{what} not found: {p}")
+    if what == "adapter":
+        if not (p / "adapters.safetensors").is_file() or not (p / "adapter_config.json").is_file():
+            raise UserError(
+                f"{p}: not an mlx-lm adapters dir (needs adapters.safetensors, adapter_config.json)"
+            )
+    elif not (p / "config.json").is_file() or not any(p.glob("*.safetensors")):
+        raise UserError(f"{p}: not an MLX model dir (needs config.json and *.safetensors)")
+    return p
+
+
+class ModelPolicy:
+    """An MLX model (student, or an MLX teacher with ``plain=True``) answering the prompt."""
+
+    def __init__(
+        self,
+        model: str,
+        adapter: str = "",
+        *,
+        name: str = "student",
+        max_tokens: int = 96,
+        temperature: float = 0.0,
+        style: str = "cod",
+        stateful: bool = False,
+        context_tokens: int = 384,
+        history_trades: int = 6,
+        plain: bool = False,
+        log=None,
+    ):
+        from mlx_lm import load
+        from mlx_lm.sample_utils import make_sampler
+
+        # A local path must be a model dir; anything else is tried as a Hugging Face repo.
+        if Path(model).exists() or model.startswith((".", "/", "~")) or not model:
+            check_model_dir(model)
+        if adapter:
+            check_model_dir(adapter, "adapter")
+        try:
+            self.model, self.tokenizer = load(model, adapter_path=adapter or None)
+        except Exception as e:  # mlx-lm raises several types for a bad dir or repo
+            raise UserError(
+                f"cannot load model {model!r}{f' + {adapter!r}' if adapter else ''}: {e}"
+            ) from None
+        self.name = name
+        self.max_tokens = max_tokens
+        self.sampler = make_sampler(temp=temperature)
+        self.system = system_prompt(style)
+        self.stateful = stateful
+        self.context_tokens = context_tokens
+        self.history_trades = history_trades
+        self.plain = plain
+        self.log = log  # callable(dict) receiving unparseable answers with their raw text
+
+    def messages(self, state: MarketState, history: History | None) -> tuple[list[int], int]:
+        """Token ids of the chat (fitted to the context) and the number of detailed trades."""
+        user = {"role": "user", "content": format_prompt(state)}
+        base = [{"role": "system", "content": self.system}]
+        budget = self.context_tokens - self.max_tokens
+        detail = self.history_trades if (self.stateful and history and history.trades) else -1
+        while True:
+            chat = list(base)
+            if detail >= 0:
+                text = history.render(state.price, state.portfolio_usdc, detail)
+                chat.append({"role": "user", "content": text})
+            chat.append(user)
+            ids = self.tokenizer.apply_chat_template(
+                chat, add_generation_prompt=True, return_dict=False
+            )
+            if len(ids) <= budget or detail < 0:
+                return list(ids), max(detail, 0)
+            # Too long: fold the oldest detailed trade into the summary; then drop history.
+            detail = detail - 1 if detail > 0 else -1
+
+    def decide(self, state: MarketState, history: History | None = None) -> Decision:
+        from mlx_lm import stream_generate
+
+        ids, detail = self.messages(state, history)
+        text, last = "", None
+        t0 = time.perf_counter()
+        for last in stream_generate(
+            self.model, self.tokenizer, ids, max_tokens=self.max_tokens, sampler=self.sampler
+        ):
+            text += last.text
+        latency = time.perf_counter() - t0
+        ans = parse_answer(text, plain=self.plain)
+        d = Decision(
+            ans.decision if ans.valid else APE_NEUTRAL,
+            ans.amount_eth if ans.valid else None,
+            valid=ans.valid,
+            reason=ans.reason,
+            raw=text,
+            prompt_tokens=len(ids),
+            answer_tokens=last.generation_tokens if last else 0,
+            latency_s=latency,
+            history_trades=detail,
+        )
+        if not ans.valid and self.log is not None:
+            self.log(
+                {"event": "unparseable", "policy": self.name, "reason": ans.reason, "raw": text}
+            )
+        return d
+
+
+def make_policy(kind: str, cfg: dict, distill_cfg: dict, log=None):
+    """A policy by name: student | rules | hold | rebalance (``cfg``: the agent section)."""
+    if kind == "hold":
+        return HoldPolicy()
+    if kind == "rebalance":
+        return RebalancePolicy(cfg["rebalance_band_pct"])
+    if kind == "rules" or (kind == "teacher" and cfg["teacher"] == "rules"):
+        return RulesPolicy(distill_cfg)
+    common = dict(
+        max_tokens=cfg["max_tokens"],
+        temperature=cfg["temperature"],
+        style=cfg["style"],
+        stateful=cfg["stateful"],
+        context_tokens=cfg["context_tokens"],
+        history_trades=cfg["history_trades"],
+        log=log,
+    )
+    if kind == "student":
+        return ModelPolicy(cfg["model"], cfg["adapter"], name="student", **common)
+    if kind == "teacher":  # an MLX teacher model (answers may use plain trading words)
+        return ModelPolicy(cfg["teacher"], "", name="teacher", plain=True, **common)
+    raise UserError(f"unknown policy {kind!r} (known: student, rules, teacher, hold, rebalance)")

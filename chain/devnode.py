@@ -1,0 +1,469 @@
+"""A local JSON-RPC node for Base swap data: real HTTP on 127.0.0.1, for tests and benchmarks.
+
+It serves the Swap logs of a set of rows (the shared CSV, or the simulator's) encoded with
+eth-abi exactly as PoolManager emits them, block headers with hashes and timestamps,
+transactions, and StateView ``getSlot0`` / ``getLiquidity`` at the head block. The client on the
+other side is the real web3 stack; nothing is mocked.
+
+Switchable faults (``set_faults``): HTTP 429 with ``Retry-After``, HTTP 500, responses slower
+than the client's timeout, malformed JSON bodies (each a probability per HTTP request, from a
+seeded RNG), and provider limits: ``max_range`` (blocks per eth_getLogs) and ``max_results``
+(logs per eth_getLogs). ``latency_s`` delays every request (the benchmark's 50 ms link).
+``reorg(block)`` replaces the chain from ``block`` on (new hashes, optionally new rows).
+
+Extending: ``node.methods["eth_sendRawTransaction"] = fn`` where ``fn(params) -> result``;
+raise :class:`RpcError` for a JSON-RPC error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import json
+import random
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from eth_abi import encode
+from eth_utils import keccak
+
+from chain.pool import (
+    BASE_CHAIN_ID,
+    ETH_USDC_POOL_ID,
+    GET_LIQUIDITY_SELECTOR,
+    GET_SLOT0_SELECTOR,
+    POOL_MANAGER,
+    SIMULATED,
+    SIMULATED_ADDRESS,
+    STATE_VIEW,
+    encode_swap_log,
+    norm_hex32,
+)
+
+FAULT_KEYS = {
+    "rate_limit": 0.0,  # probability of HTTP 429
+    "retry_after": 0.05,  # seconds in the Retry-After header
+    "server_error": 0.0,  # probability of HTTP 500
+    "slow": 0.0,  # probability of a response delayed by slow_s
+    "slow_s": 2.0,
+    "malformed": 0.0,  # probability of a 200 with a broken JSON body
+    "max_range": None,  # eth_getLogs block-range limit
+    "max_results": None,  # eth_getLogs result-count limit
+    "seed": 0,
+}
+BLOCK_SECONDS = 2  # Base
+
+
+class RpcError(Exception):
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def _hex(n: int) -> str:
+    return hex(n)
+
+
+def _parse_block(tag: Any, head: int) -> int:
+    if tag in (None, "latest", "safe", "finalized", "pending"):
+        return head
+    if tag == "earliest":
+        return 0
+    if isinstance(tag, int):
+        return tag
+    return int(tag, 16)
+
+
+class DevNode:
+    """A running node. Thread-safe; state changes (faults, head, reorg) apply immediately."""
+
+    def __init__(
+        self,
+        rows: list[dict[str, Any]],
+        *,
+        chain_id: int = BASE_CHAIN_ID,
+        faults: dict[str, Any] | None = None,
+        latency_s: float = 0.0,
+        head: int | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ):
+        self.chain_id = chain_id
+        self.latency_s = latency_s
+        self.lock = threading.Lock()
+        self.faults = dict(FAULT_KEYS)
+        self._rng = random.Random(0)
+        self.set_faults(**(faults or {}))
+        self.epoch: dict[int, int] = {}  # block -> reorg generation (changes its hash)
+        self.requests = 0
+        self.calls: dict[str, int] = {}
+        self._load(rows)
+        self.head = head if head is not None else (self.last_block + 5 if rows else 100)
+        self.methods: dict[str, Callable[[list], Any]] = {
+            "eth_chainId": lambda p: _hex(self.chain_id),
+            "net_version": lambda p: str(self.chain_id),
+            "eth_blockNumber": lambda p: _hex(self.head),
+            "eth_getLogs": self._get_logs,
+            "eth_getBlockByNumber": self._get_block,
+            "eth_getTransactionByHash": self._get_tx,
+            "eth_getCode": self._get_code,
+            "eth_call": self._call,
+        }
+        node = self
+
+        class Handler(_Handler):
+            devnode = node
+
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    # ------------------------------------------------------------ state
+
+    def _load(self, rows: list[dict[str, Any]]) -> None:
+        rows = sorted(rows, key=lambda r: (r["block_number"], r["log_index"]))
+        self.rows = rows
+        self.blocks_index = [r["block_number"] for r in rows]
+        self.txs: dict[str, dict[str, Any]] = {}
+        self.tx_index: dict[str, int] = {}
+        per_block: dict[int, list[str]] = {}
+        for r in rows:
+            h = r["transaction_hash"]
+            if h not in self.txs:
+                self.txs[h] = r
+                per_block.setdefault(r["block_number"], []).append(h)
+                self.tx_index[h] = len(per_block[r["block_number"]]) - 1
+        self.block_txs = per_block
+        if rows:
+            self.first_block, self.last_block = rows[0]["block_number"], rows[-1]["block_number"]
+            self.ts_anchor = (rows[0]["block_number"], rows[0]["timestamp"])
+        else:
+            self.first_block = self.last_block = 0
+            self.ts_anchor = (0, 1_700_000_000)
+        self.block_ts = {r["block_number"]: r["timestamp"] for r in rows}
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def set_faults(self, **faults: Any) -> None:
+        unknown = set(faults) - set(FAULT_KEYS)
+        if unknown:
+            raise ValueError(f"unknown fault(s): {sorted(unknown)} (known: {sorted(FAULT_KEYS)})")
+        with self.lock:
+            self.faults.update(faults)
+            if "seed" in faults:
+                self._rng = random.Random(faults["seed"])
+
+    def clear_faults(self) -> None:
+        with self.lock:
+            self.faults = dict(FAULT_KEYS)
+
+    def reorg(self, from_block: int, rows: list[dict[str, Any]] | None = None) -> None:
+        """Replace the chain from ``from_block``: new block hashes; ``rows`` (if given) are the
+        new swaps in those blocks (the old ones there are dropped)."""
+        with self.lock:
+            for b in range(from_block, self.head + 1):
+                self.epoch[b] = self.epoch.get(b, 0) + 1
+            if rows is not None:
+                keep = [r for r in self.rows if r["block_number"] < from_block]
+                self._load(keep + list(rows))
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def __enter__(self) -> DevNode:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------ chain data
+
+    def block_hash(self, n: int) -> str:
+        e = self.epoch.get(n, 0)
+        return "0x" + keccak(text=f"devnode:{self.chain_id}:{n}:{e}").hex()
+
+    def block_timestamp(self, n: int) -> int:
+        if n in self.block_ts:
+            return self.block_ts[n]
+        b0, t0 = self.ts_anchor
+        return t0 + (n - b0) * BLOCK_SECONDS
+
+    def _log(self, r: dict[str, Any]) -> dict[str, Any]:
+        sender = SIMULATED_ADDRESS if r["sender"] == SIMULATED else r["sender"]
+        topics, data = encode_swap_log(
+            pool=r["pool_id"],
+            sender=sender,
+            amount0=r["amount0"],
+            amount1=r["amount1"],
+            sqrt_price_x96=r["sqrt_price_x96"],
+            liquidity=r["liquidity"],
+            tick=r["tick"],
+            fee=r["fee"],
+        )
+        return {
+            "address": POOL_MANAGER,
+            "topics": topics,
+            "data": data,
+            "blockNumber": _hex(r["block_number"]),
+            "blockHash": self.block_hash(r["block_number"]),
+            "transactionHash": r["transaction_hash"],
+            "transactionIndex": _hex(self.tx_index[r["transaction_hash"]]),
+            "logIndex": _hex(r["log_index"]),
+            "removed": False,
+        }
+
+    def _get_logs(self, params: list) -> list[dict[str, Any]]:
+        f = params[0] if params else {}
+        lo = _parse_block(f.get("fromBlock"), self.head)
+        hi = min(_parse_block(f.get("toBlock"), self.head), self.head)
+        if lo > hi:
+            return []
+        max_range = self.faults["max_range"]
+        if max_range is not None and hi - lo + 1 > max_range:
+            raise RpcError(
+                -32005, f"block range too large: query exceeds max block range of {max_range}"
+            )
+        addr = f.get("address")
+        addrs = [addr] if isinstance(addr, str) else (addr or [])
+        if addrs and POOL_MANAGER.lower() not in [a.lower() for a in addrs]:
+            return []
+        topics = f.get("topics") or []
+        want = [None if t is None else ([t] if isinstance(t, str) else t) for t in topics]
+        out = []
+        i = bisect.bisect_left(self.blocks_index, lo)
+        j = bisect.bisect_right(self.blocks_index, hi)
+        for r in self.rows[i:j]:
+            log = self._log(r)
+            if all(
+                w is None or log["topics"][k].lower() in [x.lower() for x in w]
+                for k, w in enumerate(want)
+            ):
+                out.append(log)
+        max_results = self.faults["max_results"]
+        if max_results is not None and len(out) > max_results:
+            raise RpcError(-32005, f"query returned more than {max_results} results")
+        return out
+
+    def _get_block(self, params: list) -> dict[str, Any] | None:
+        n = _parse_block(params[0], self.head)
+        if n > self.head or n < 0:
+            return None
+        txs = self.block_txs.get(n, [])
+        return {
+            "number": _hex(n),
+            "hash": self.block_hash(n),
+            "parentHash": self.block_hash(n - 1) if n > 0 else "0x" + "00" * 32,
+            "timestamp": _hex(self.block_timestamp(n)),
+            "transactions": list(txs),
+            "gasLimit": _hex(240_000_000),
+            "gasUsed": _hex(0),
+            "baseFeePerGas": _hex(10_000_000),
+            "miner": "0x4200000000000000000000000000000000000011",
+            "extraData": "0x",
+            "logsBloom": "0x" + "00" * 256,
+            "nonce": "0x0000000000000000",
+            "difficulty": "0x0",
+            "size": _hex(1000),
+        }
+
+    def _get_tx(self, params: list) -> dict[str, Any] | None:
+        h = norm_hex32(params[0])
+        r = self.txs.get(h)
+        if r is None or r["block_number"] > self.head:
+            return None
+        frm = r.get("original_sender") or SIMULATED_ADDRESS
+        frm = SIMULATED_ADDRESS if frm == SIMULATED else frm
+        to = r.get("tx_to") or r["sender"]
+        to = SIMULATED_ADDRESS if to == SIMULATED else to
+        return {
+            "hash": h,
+            "from": frm,
+            "to": to,
+            "blockNumber": _hex(r["block_number"]),
+            "blockHash": self.block_hash(r["block_number"]),
+            "transactionIndex": _hex(self.tx_index[h]),
+            "input": "0x",
+            "value": "0x0",
+            "nonce": "0x0",
+            "gas": _hex(300_000),
+            "gasPrice": _hex(10_000_000),
+            "type": "0x2",
+            "chainId": _hex(self.chain_id),
+        }
+
+    def _get_code(self, params: list) -> str:
+        addr = params[0].lower()
+        for r in self.txs.values():
+            if (r.get("original_sender") or "").lower() == addr and r.get("is_contract_sender"):
+                return "0x6080604052"
+        if addr in (POOL_MANAGER.lower(), STATE_VIEW.lower()):
+            return "0x6080604052"
+        return "0x"
+
+    def _call(self, params: list) -> str:
+        tx = params[0]
+        if (tx.get("to") or "").lower() != STATE_VIEW.lower():
+            return "0x"
+        data = tx.get("data") or tx.get("input") or "0x"
+        selector, arg = data[:10].lower(), data[10:]
+        pool = "0x" + arg[:64].lower()
+        state = None
+        if pool == ETH_USDC_POOL_ID or any(r["pool_id"] == pool for r in self.rows[-1:]):
+            k = bisect.bisect_right(self.blocks_index, self.head)
+            state = self.rows[k - 1] if k else None
+        if selector == GET_SLOT0_SELECTOR:
+            vals = (
+                (state["sqrt_price_x96"], state["tick"], 0, state["fee"]) if state else (0, 0, 0, 0)
+            )
+            return "0x" + encode(["uint160", "int24", "uint24", "uint24"], list(vals)).hex()
+        if selector == GET_LIQUIDITY_SELECTOR:
+            return "0x" + encode(["uint128"], [state["liquidity"] if state else 0]).hex()
+        raise RpcError(3, "execution reverted")
+
+    # ------------------------------------------------------------ dispatch
+
+    def handle(self, req: Any) -> dict[str, Any] | None:
+        if not isinstance(req, dict) or "method" not in req:
+            return {
+                "jsonrpc": "2.0",
+                "id": None,
+                "error": {"code": -32600, "message": "invalid request"},
+            }
+        method, rid = req["method"], req.get("id")
+        with self.lock:
+            self.calls[method] = self.calls.get(method, 0) + 1
+        fn = self.methods.get(method)
+        if fn is None:
+            return {
+                "jsonrpc": "2.0",
+                "id": rid,
+                "error": {"code": -32601, "message": f"method {method} not found"},
+            }
+        try:
+            return {"jsonrpc": "2.0", "id": rid, "result": fn(req.get("params") or [])}
+        except RpcError as e:
+            return {"jsonrpc": "2.0", "id": rid, "error": {"code": e.code, "message": e.message}}
+        except Exception as e:  # a bad param from the client: answer like a node would
+            return {
+                "jsonrpc": "2.0",
+                "id": rid,
+                "error": {"code": -32602, "message": f"invalid params: {e}"},
+            }
+
+    def draw_fault(self) -> str | None:
+        with self.lock:
+            self.requests += 1
+            f = self.faults
+            for name in ("rate_limit", "server_error", "slow", "malformed"):
+                p = f[name]
+                if p and self._rng.random() < p:
+                    return name
+        return None
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    devnode: DevNode
+
+    def log_message(self, *args: Any) -> None:  # quiet
+        pass
+
+    def _send(self, code: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        try:
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            for k, v in (headers or {}).items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def do_POST(self) -> None:
+        node = self.devnode
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length)
+        if node.latency_s:
+            time.sleep(node.latency_s)
+        fault = node.draw_fault()
+        if fault == "rate_limit":
+            ra = node.faults["retry_after"]
+            return self._send(429, b'{"error":"rate limited"}', {"Retry-After": f"{ra:g}"})
+        if fault == "server_error":
+            return self._send(500, b"internal error")
+        if fault == "slow":
+            time.sleep(node.faults["slow_s"])
+        if fault == "malformed":
+            return self._send(200, b'{"jsonrpc": "2.0", "id": 1, "result": [{"blockNum')
+        try:
+            req = json.loads(raw)
+        except ValueError:
+            body = {
+                "jsonrpc": "2.0",
+                "id": None,
+                "error": {"code": -32700, "message": "parse error"},
+            }
+            return self._send(200, json.dumps(body).encode())
+        if isinstance(req, list):
+            resp: Any = [node.handle(r) for r in req]
+        else:
+            resp = node.handle(req)
+        self._send(200, json.dumps(resp).encode())
+
+
+def start_devnode(
+    rows: list[dict[str, Any]],
+    *,
+    chain_id: int = BASE_CHAIN_ID,
+    faults: dict[str, Any] | None = None,
+    latency_s: float = 0.0,
+    head: int | None = None,
+    port: int = 0,
+) -> DevNode:
+    """Start a node on 127.0.0.1 (a free port unless ``port``); ``.url``, ``.stop()``."""
+    return DevNode(
+        rows, chain_id=chain_id, faults=faults, latency_s=latency_s, head=head, port=port
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        prog="python -m chain.devnode", description=__doc__.split("\n\n")[0]
+    )
+    p.add_argument("--csv", help="swaps CSV to serve (default: 2000 simulated swaps)")
+    p.add_argument("--port", type=int, default=8545)
+    p.add_argument("--chain-id", type=int, default=BASE_CHAIN_ID)
+    p.add_argument("--latency", type=float, default=0.0, help="seconds added to every request")
+    args = p.parse_args(argv)
+    if args.csv:
+        from chain.csvio import read_swaps_csv
+
+        rows = read_swaps_csv(args.csv, pool=None)
+    else:
+        from chain.simulate import simulate
+
+        rows = simulate(2000, seed=0)
+        print("serving SIMULATED swaps (no --csv given)")
+    node = start_devnode(rows, chain_id=args.chain_id, latency_s=args.latency, port=args.port)
+    print(
+        f"devnode on {node.url}: chain {args.chain_id}, {len(rows)} swaps, head block {node.head}",
+        flush=True,
+    )
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        node.stop()
+
+
+if __name__ == "__main__":
+    main()

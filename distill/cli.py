@@ -1,0 +1,210 @@
+"""`ape-distill` / `python -m distill`: teacher answers and the student's dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from finetune_mlx.errors import UserError, run_cli
+
+app = typer.Typer(
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Chain-of-Draft teacher answers (rules, mlx-lm, OpenAI-compatible) and canary datasets.",
+)
+console = Console(stderr=True)
+
+
+@app.callback()
+def _group() -> None:
+    """Keep typer in multi-command mode."""
+
+
+def _cfg(config: str, overrides: dict) -> dict:
+    from distill.config import DEFAULTS
+    from finetune_mlx.config import load, section
+
+    return section(load(config), "distill", DEFAULTS, overrides)
+
+
+@app.command()
+def teach(
+    windows: list[Path] = typer.Option(..., "--windows", "-w", help="windows.parquet or bars.parquet (repeatable)"),
+    out_dir: Path = typer.Option(..., "--out-dir", "-o", help="answers.jsonl (cache) and teacher_report.json go here"),
+    more: list[Path] = typer.Argument(None, help="more windows files (after --windows)", show_default=False),
+    config: str = typer.Option("tiny", "--config", "-c", help="preset name or YAML path"),
+    teacher: str = typer.Option(None, help="rules | mlx | openai"),
+    style: str = typer.Option(None, help="cod (Chain of Draft) | cot (chain of thought)"),
+    model: str = typer.Option(None, help="mlx: HF repo or model dir; openai: model name"),
+    base_url: list[str] = typer.Option(None, "--base-url", help="OpenAI-compatible base URL (repeatable)"),
+    api_key_env: str = typer.Option(None, help="environment variable holding the API key"),
+    concurrency: int = typer.Option(None, help="openai: requests in flight per URL"),
+    batch_size: int = typer.Option(None, help="mlx: prompts generated together"),
+    temperature: float = typer.Option(None),
+    top_p: float = typer.Option(None),
+    max_tokens: int = typer.Option(None),
+    retries: int = typer.Option(None, help="re-asks of a rejected answer"),
+    seed: int = typer.Option(None, help="portfolio and sampling seed"),
+    max_windows: int = typer.Option(None, help="use at most this many windows (0: all)"),
+    portfolios: int = typer.Option(None, "--portfolios", help="random portfolios per window"),
+    tokenizer: str = typer.Option(None, help="model dir whose tokenizer counts output tokens"),
+) -> None:
+    """Ask the teacher about every (window, random portfolio); answers are cached and resumable."""
+    cfg = _cfg(
+        config,
+        {
+            "teacher": teacher, "style": style, "model": model, "base_urls": base_url or None,
+            "api_key_env": api_key_env, "concurrency": concurrency, "batch_size": batch_size,
+            "temperature": temperature, "top_p": top_p, "max_tokens": max_tokens,
+            "retries": retries, "seed": seed, "max_windows": max_windows,
+            "portfolios_per_window": portfolios, "tokenizer": tokenizer,
+        },
+    )
+    if cfg["teacher"] == "mlx":
+        from finetune_mlx.blas import ensure_fast_blas
+
+        ensure_fast_blas()
+    from distill.teach import teach as run
+
+    with Progress(
+        TextColumn("[bold]teacher[/] " + cfg["teacher"]), BarColumn(), MofNCompleteColumn(),
+        TimeRemainingColumn(), console=console, transient=True,
+    ) as progress:
+        task = progress.add_task("answers", total=None)
+
+        def on_answer(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        rep = run(cfg, [str(w) for w in [*windows, *(more or [])]], out_dir, on_answer)
+    _print_teach(rep)
+
+
+def _print_teach(rep: dict) -> None:
+    t = Table(title=f"teacher {rep['teacher']} ({rep['model']}, {rep['style']})")
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    t.add_row("prompts", str(rep["items"]))
+    t.add_row("accepted", str(rep["accepted"]))
+    t.add_row("rejected after retries", str(rep["rejected_after_retries"]))
+    t.add_row("cached at start", str(rep["cached_at_start"]))
+    t.add_row("generated this run", str(rep["generated_this_run"]))
+    for reason, n in rep["rejections"].items():
+        t.add_row(f"rejection: {reason}", str(n))
+    for fix, n in rep["fixes"].items():
+        t.add_row(f"fix: {fix}", str(n))
+    for d, n in rep["decisions"].items():
+        t.add_row(d, str(n))
+    t.add_row("mean output tokens", f"{rep['output_tokens']['mean_accepted']:.1f}")
+    if rep.get("output_tokens_per_s"):
+        t.add_row("output tokens/s", f"{rep['output_tokens_per_s']:.1f}")
+    Console().print(t)
+
+
+@app.command()
+def dataset(
+    answers: list[Path] = typer.Option(..., "--answers", "-a", help="answers.jsonl (repeatable)"),
+    out_dir: Path = typer.Option(..., "--out-dir", "-o", help="train/valid/test.jsonl go here"),
+    more: list[Path] = typer.Argument(None, help="more answers files (after --answers)", show_default=False),
+    config: str = typer.Option("tiny", "--config", "-c", help="preset name or YAML path"),
+    fmt: str = typer.Option(None, "--format", help="chat | completions"),
+    rebalance: str = typer.Option(None, help="none | downsample | upsample (train only)"),
+    valid_fraction: float = typer.Option(None),
+    test_fraction: float = typer.Option(None),
+    system: bool = typer.Option(None, "--system/--no-system", help="chat: include the system prompt"),
+    tokenizer: Path = typer.Option(None, "--tokenizer", "--model", help="student model dir: check lengths"),
+    max_seq_length: int = typer.Option(None),
+) -> None:
+    """Build the student's mlx-lm dataset from accepted teacher answers."""
+    from distill.dataset import build_dataset
+
+    cfg = _cfg(
+        config,
+        {
+            "format": fmt, "rebalance": rebalance, "valid_fraction": valid_fraction,
+            "test_fraction": test_fraction, "include_system": system, "max_seq_length": max_seq_length,
+        },
+    )
+    rep = build_dataset(cfg, [*answers, *(more or [])], out_dir, tokenizer)
+    t = Table(title=f"dataset ({rep['format']}) -> {out_dir}")
+    t.add_column("split")
+    t.add_column("examples", justify="right")
+    t.add_column("windows", justify="right")
+    for c in ("APE IN", "APE OUT", "APE NEUTRAL"):
+        t.add_column(c, justify="right")
+    for s, n in rep["counts"].items():
+        cls = rep["classes"][s]
+        t.add_row(s, str(n), str(rep["windows"][s]), *(str(cls[c]) for c in cls))
+    Console().print(t)
+    if rep["token_lengths"]:
+        tl = rep["token_lengths"]
+        Console().print(f"tokens: max {tl['max']}, mean {tl['mean']:.1f} (limit {tl['max_seq_length']})")
+
+
+@app.command()
+def check(
+    dataset_dir: Path = typer.Option(..., "--dataset", "-d", help="dir with train/valid/test.jsonl"),
+    tokenizer: Path = typer.Option(..., "--tokenizer", "--model", help="student model dir"),
+    max_seq_length: int = typer.Option(None),
+    config: str = typer.Option("tiny", "--config", "-c"),
+) -> None:
+    """Check an existing dataset against a student's tokenizer and the canary rules."""
+    import json
+
+    from distill.clean import has_plain_decision
+    from distill.dataset import SPLITS, token_lengths
+    from distill.parse import parse_answer
+
+    cfg = _cfg(config, {"max_seq_length": max_seq_length})
+    limit = cfg["max_seq_length"]
+    t = Table(title=f"check {dataset_dir} (max_seq_length {limit})")
+    for col in ("split", "examples", "max tokens", "over limit", "bad answers"):
+        t.add_column(col)
+    failed = False
+    for s in SPLITS:
+        path = dataset_dir / f"{s}.jsonl"
+        if not path.is_file():
+            raise UserError(f"{path}: not found")
+        rows = []
+        for i, line in enumerate(path.read_text().splitlines(), 1):
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise UserError(f"{path}:{i}: not a JSON line") from None
+        lengths = token_lengths(rows, tokenizer) if rows else [0]
+        bad = 0
+        for r in rows:
+            text = r["messages"][-1]["content"] if "messages" in r else r["completion"]
+            a = parse_answer(text)
+            bad += (not a.valid) or (not a.has_separator) or has_plain_decision(text)
+        over = sum(n > limit for n in lengths)
+        failed |= bool(over or bad)
+        t.add_row(s, str(len(rows)), str(max(lengths)), str(over), str(bad))
+    Console().print(t)
+    if failed:
+        raise UserError("dataset check failed (see table)")
+
+
+@app.command()
+def show(
+    windows: Path = typer.Option(..., "--windows", "-w", help="windows.parquet or bars.parquet"),
+    n: int = typer.Option(3, help="how many windows"),
+    config: str = typer.Option("tiny", "--config", "-c"),
+    style: str = typer.Option(None, help="cod | cot"),
+) -> None:
+    """Print the prompts and the rules teacher's answers for the first windows."""
+    from distill import rules
+    from distill.prompt import format_prompt, system_prompt
+    from distill.windows import load_windows, states
+
+    cfg = _cfg(config, {"style": style})
+    print(f"[system]\n{system_prompt(cfg['style'])}\n")
+    for w, state in states(load_windows([windows], cfg["window_bars"], n), cfg):
+        print(f"[window {w.window_id}]\n{format_prompt(state)}\n[rules]\n{rules.answer(state, cfg, cfg['style'])}\n")
+
+
+def main() -> None:
+    run_cli(app)

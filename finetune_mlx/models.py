@@ -1,0 +1,128 @@
+"""Loading model dirs and adapters with errors that name the file, and base-model identity.
+
+An adapter remembers which base it was trained on (``base_fingerprint`` in its
+``adapter_config.json``); applying it to another base is an error instead of garbage output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from finetune_mlx.errors import UserError
+
+_ARCH_KEYS = (
+    "model_type",
+    "hidden_size",
+    "num_hidden_layers",
+    "intermediate_size",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "vocab_size",
+)
+
+
+def check_model_dir(path: str | Path) -> Path:
+    """A local model dir with config.json and safetensors weights."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"model directory not found: {path}")
+    if not (path / "config.json").is_file():
+        raise UserError(f"{path / 'config.json'}: missing (not a model directory)")
+    if not list(path.glob("model*.safetensors")):
+        raise UserError(f"{path}: no model*.safetensors weights")
+    return path
+
+
+def resolve_model(name_or_path: str | Path) -> Path:
+    """A local model dir, or a Hugging Face repo id (fetched into the HF cache, as mlx_lm.load does)."""
+    p = Path(name_or_path)
+    text = str(name_or_path)
+    # "org/name" that is not a local path is a hub id; anything else is a local dir.
+    if p.exists() or text.count("/") != 1 or text.startswith((".", "/", "~")):
+        return check_model_dir(p)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return check_model_dir(
+            snapshot_download(
+                str(name_or_path),
+                allow_patterns=["*.json", "model*.safetensors", "*.py", "*.txt", "*.jinja"],
+            )
+        )
+    except Exception as e:  # noqa: BLE001 - any hub failure is "not available"
+        raise UserError(
+            f"model {name_or_path!r}: not a local dir and not downloadable ({e})"
+        ) from None
+
+
+def fingerprint(model_dir: str | Path) -> str:
+    """Identity of a base model: architecture keys, weight names/shapes and a weight sample.
+
+    Reads the safetensors headers and the first 64 KiB of tensor data, so it is cheap even for
+    a 6 GB checkpoint, and tells apart two models of the same architecture.
+    """
+    model_dir = Path(model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    h = hashlib.sha256(json.dumps({k: config.get(k) for k in _ARCH_KEYS}, sort_keys=True).encode())
+    for wf in sorted(model_dir.glob("model*.safetensors")):
+        with open(wf, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+            header.pop("__metadata__", None)
+            h.update(json.dumps(header, sort_keys=True).encode())
+            h.update(f.read(1 << 16))
+    return h.hexdigest()[:16]
+
+
+def arch_of(model_dir: str | Path) -> dict:
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    return {k: config.get(k) for k in _ARCH_KEYS}
+
+
+def check_adapter(adapter_dir: str | Path, model_dir: str | Path) -> Path:
+    """The adapter dir exists, is complete and was trained on ``model_dir``'s base."""
+    adapter_dir = Path(adapter_dir)
+    cfg_path = adapter_dir / "adapter_config.json"
+    if not adapter_dir.is_dir():
+        raise UserError(f"adapter directory not found: {adapter_dir}")
+    for f in (cfg_path, adapter_dir / "adapters.safetensors"):
+        if not f.is_file():
+            raise UserError(f"{f}: missing (not an mlx-lm adapter directory)")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{cfg_path}: not valid JSON ({e.msg})") from None
+    base_arch = arch_of(model_dir)
+    if cfg.get("base_arch") and cfg["base_arch"] != base_arch:
+        diff = {
+            k: (cfg["base_arch"].get(k), base_arch.get(k))
+            for k in base_arch
+            if cfg["base_arch"].get(k) != base_arch.get(k)
+        }
+        raise UserError(
+            f"{cfg_path}: adapter was trained on another base model than {model_dir} "
+            f"(adapter vs model: {diff})"
+        )
+    want = cfg.get("base_fingerprint")
+    if want and want != fingerprint(model_dir):
+        raise UserError(
+            f"{cfg_path}: adapter was trained on another base model than {model_dir} "
+            f"(base fingerprint {want}, this model {fingerprint(model_dir)})"
+        )
+    return adapter_dir
+
+
+def load(model_dir: str | Path, adapter_dir: str | Path | None = None):
+    """``mlx_lm.load`` with clear errors; returns (model, tokenizer)."""
+    import mlx_lm
+
+    model_dir = check_model_dir(model_dir)
+    if adapter_dir is not None:
+        check_adapter(adapter_dir, model_dir)
+    try:
+        return mlx_lm.load(str(model_dir), adapter_path=str(adapter_dir) if adapter_dir else None)
+    except ValueError as e:
+        where = adapter_dir if adapter_dir is not None else model_dir
+        raise UserError(f"{where}: {e}") from None

@@ -1,0 +1,3 @@
+from gan_torch.cli import main
+
+main()

@@ -1,0 +1,281 @@
+"""`ape-gan` / `python -m gan_torch`: train, generate, validate, real windows, device bench."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from finetune_mlx.errors import UserError, run_cli
+
+app = typer.Typer(
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="WGAN-GP on real swap bars: train, generate synthetic windows, validate, benchmark devices.",
+)
+console = Console(stderr=True)
+SHARED_CSV = Path("../shared/data/base_eth_usdc_v4_swaps.csv")
+ConfigOpt = typer.Option("tiny", "--config", "-c", help="Preset name (tiny, mac) or YAML path.")
+
+
+@app.callback()
+def _group() -> None:
+    """Keep typer in multi-command mode."""
+
+
+def _cfg(config: str, overrides: dict) -> tuple[dict, Path]:
+    from finetune_mlx.config import load, section
+    from gan_torch.config import DEFAULTS
+
+    full = load(config)
+    run_dir = Path((full.get("run") or {}).get("run_dir", "runs/default"))
+    return section(full, "gan", DEFAULTS, overrides), run_dir
+
+
+def bars_from_swaps_csv(csv_path: Path, out_dir: Path) -> Path:
+    """bars.parquet from a swaps CSV through `ape-chain process` (the chain stage's contract)."""
+    if not csv_path.is_file():
+        raise UserError(f"swaps CSV not found: {csv_path}")
+    cmd = [
+        sys.executable,
+        "-m",
+        "chain",
+        "process",
+        "--csv",
+        str(csv_path),
+        "--out-dir",
+        str(out_dir),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise UserError(f"`ape-chain process` failed on {csv_path}: {done.stderr.strip()[-500:]}")
+    return out_dir / "bars.parquet"
+
+
+@app.command()
+def train(
+    bars: Path = typer.Option(None, "--bars", help="bars.parquet [run_dir/bars.parquet]."),
+    out_dir: Path = typer.Option(
+        None, "--out-dir", help="Checkpoints + metrics.jsonl [run_dir/gan]."
+    ),
+    quick_test: bool = typer.Option(
+        False, "--quick-test", help="Train on the shared real CSV, quick_test_steps steps."
+    ),
+    csv_path: Path = typer.Option(
+        None, "--csv", help="Swaps CSV for --quick-test [../shared/data/...]."
+    ),
+    resume: bool = typer.Option(False, "--resume", help="Continue from out_dir/last.pt."),
+    steps: int = typer.Option(None, "--steps"),
+    batch_size: int = typer.Option(None, "--batch-size"),
+    device: str = typer.Option(None, "--device", help="auto | cpu | mps | cuda."),
+    minibatch_impl: str = typer.Option(
+        None, "--minibatch-impl", help="cdist (CPU fallback on MPS) | native."
+    ),
+    seed: int = typer.Option(None, "--seed"),
+    threads: int = typer.Option(None, "--threads", help="torch CPU threads (0: default)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    config: str = ConfigOpt,
+) -> None:
+    """Train the WGAN-GP; atomic checkpoints (last.pt every N steps, best.pt by fidelity)."""
+    import json
+
+    from gan_torch.data import read_bars
+    from gan_torch.train import train as run
+
+    over = {
+        "steps": steps,
+        "batch_size": batch_size,
+        "device": device,
+        "seed": seed,
+        "threads": threads,
+        "minibatch_impl": minibatch_impl,
+    }
+    cfg, run_dir = _cfg(config, over)
+    if cfg["minibatch_impl"] not in ("cdist", "native"):
+        raise UserError(f"minibatch_impl must be cdist or native, got {cfg['minibatch_impl']!r}")
+    out_dir = out_dir or run_dir / "gan"
+    with tempfile.TemporaryDirectory() as tmp:
+        if quick_test:
+            if steps is None:
+                cfg["steps"] = cfg["quick_test_steps"]
+            cfg["checkpoint_every"] = min(cfg["checkpoint_every"], cfg["steps"])
+            bars = bars or bars_from_swaps_csv(csv_path or SHARED_CSV, Path(tmp))
+        bars = bars or run_dir / "bars.parquet"
+        data = read_bars(bars)
+        summary = run(data, cfg, out_dir, resume=resume, progress=not quiet, source=str(bars))
+    console.print(json.dumps(summary))
+
+
+@app.command()
+def generate(
+    checkpoint: Path = typer.Option(
+        None,
+        "--checkpoint",
+        help="Checkpoint [run_dir/gan/best.pt] (--backend mlx: also a converted dir).",
+    ),
+    out: Path = typer.Option(
+        None, "--out", help="windows.parquet to write [run_dir/windows.parquet]."
+    ),
+    n: int = typer.Option(None, "--n", help="Number of windows [gan.n_generate]."),
+    condition: str = typer.Option(
+        None,
+        "--condition",
+        help="typical|calm|volatile|up|down or vol=..,trend=..,volume=.. (default: real training conditions).",
+    ),
+    seed: int = typer.Option(None, "--seed"),
+    start_price: float = typer.Option(
+        None, "--start-price", help="Anchor price (default: real closes from training)."
+    ),
+    swaps_out: Path = typer.Option(
+        None, "--swaps-out", help="Also write swap events (collector CSV schema)."
+    ),
+    autoregressive: bool = typer.Option(
+        False, "--autoregressive", help="Sample step by step (KV cache)."
+    ),
+    backend: str = typer.Option("torch", "--backend", help="torch | mlx (converted generator)."),
+    device: str = typer.Option(None, "--device", help="auto | cpu | mps | cuda (torch backend)."),
+    config: str = ConfigOpt,
+) -> None:
+    """Synthetic windows (windows.parquet schema), optionally as AMM-consistent swap events."""
+    import numpy as np
+
+    from gan_torch import checkpoint as ckio
+    from gan_torch import generate as gen
+    from gan_torch.data import write_windows
+    from gan_torch.models import resolve_device
+
+    cfg, run_dir = _cfg(config, {"seed": seed, "device": device, "n_generate": n})
+    checkpoint = checkpoint or run_dir / "gan" / "best.pt"
+    out = out or run_dir / "windows.parquet"
+    if backend not in ("torch", "mlx"):
+        raise UserError(f"--backend must be torch or mlx, got {backend!r}")
+    if start_price is not None and not start_price > 0:
+        raise UserError(f"--start-price must be positive, got {start_price}")
+    count = int(cfg["n_generate"])
+    if count < 1:
+        raise UserError(f"--n must be >= 1, got {count}")
+    if backend == "mlx":
+        from finetune_mlx.blas import ensure_fast_blas
+
+        ensure_fast_blas()  # before mlx is imported (may re-exec with OpenBLAS preloaded)
+        from gan_torch.mlx_generator import load_converted, sample_scaled_mlx
+
+        model = None
+        if checkpoint.is_dir():  # a directory written by scripts/convert_gan_to_mlx.py
+            model, ckpt = load_converted(checkpoint)
+        else:
+            ckpt = ckio.load(checkpoint)
+        cond = gen.parse_condition(condition, ckpt["cond_bank"].double().numpy())
+        scaled, _, idx = sample_scaled_mlx(
+            ckpt, count, cond_raw=cond, seed=cfg["seed"], model=model
+        )
+    else:
+        ckpt = ckio.load(checkpoint)
+        cond = gen.parse_condition(condition, ckpt["cond_bank"].double().numpy())
+        gnet, _, _ = ckio.build_models(ckpt, resolve_device(cfg["device"]))
+        scaled, _, idx = gen.sample_scaled(
+            gnet, ckpt, count, cond, cfg["seed"], autoregressive, next(gnet.parameters()).device
+        )
+    raw = gen.decode_features(scaled, ckpt)
+    anchors = np.full(count, start_price) if start_price else ckpt["start_prices"].numpy()[idx]
+    cols = gen.to_windows(raw, anchors)
+    write_windows(out, cols)
+    console.print(f"{out}: {count} synthetic windows of {raw.shape[1]} bars")
+    if swaps_out:
+        data = ckpt["data"]
+        rows = gen.windows_to_swaps(
+            cols,
+            int(data["liquidity"]) or 10**12,
+            start_time=1_738_816_800,
+            bar_seconds=int(data["bar_seconds"]),
+            seed=cfg["seed"],
+        )
+        gen.write_swaps_csv(swaps_out, rows)
+        console.print(f"{swaps_out}: {len(rows)} synthetic swap events")
+
+
+@app.command()
+def validate(
+    bars: Path = typer.Option(None, "--bars", help="Real bars.parquet [run_dir/bars.parquet]."),
+    checkpoint: Path = typer.Option(
+        None, "--checkpoint", help="Generate from this checkpoint [run_dir/gan/best.pt]."
+    ),
+    windows: Path = typer.Option(
+        None, "--windows", help="Or validate these synthetic windows.parquet."
+    ),
+    out_dir: Path = typer.Option(
+        None, "--out-dir", help="validation.json + PNGs [run_dir/validation]."
+    ),
+    seed: int = typer.Option(None, "--seed"),
+    quiet: bool = typer.Option(False, "--quiet"),
+    config: str = ConfigOpt,
+) -> None:
+    """GAN vs held-out real data (time split), with GBM / block-bootstrap baselines and the real floor."""
+    from gan_torch.validation_run import print_table, run_validation
+
+    cfg, run_dir = _cfg(config, {"seed": seed})
+    bars = bars or run_dir / "bars.parquet"
+    if windows is None:
+        checkpoint = checkpoint or run_dir / "gan" / "best.pt"
+    out_dir = out_dir or run_dir / "validation"
+    result = run_validation(bars, out_dir, cfg, checkpoint=checkpoint, windows=windows)
+    if not quiet:
+        print_table(result, Console())
+
+
+@app.command("windows")
+def windows_cmd(
+    bars: Path = typer.Option(..., "--bars", help="bars.parquet to cut."),
+    out: Path = typer.Option(..., "--out", help="windows.parquet to write (source=real)."),
+    window: int = typer.Option(None, "--window", help="Bars per window [gan.window]."),
+    stride: int = typer.Option(
+        None, "--stride", help="Bars between starts [gan.window: no overlap]."
+    ),
+    min_active_frac: float = typer.Option(
+        0.0, "--min-active-frac", help="Skip windows with fewer non-empty bars."
+    ),
+    config: str = ConfigOpt,
+) -> None:
+    """Cut REAL windows from bars into the windows.parquet schema (ids in time order)."""
+    from gan_torch.data import read_bars, real_windows, write_windows
+
+    cfg, _ = _cfg(config, {"window": window})
+    w = cfg["window"]
+    s = stride or w
+    if w < 2 or s < 1:
+        raise UserError(f"--window must be >= 2 and --stride >= 1 (got {w}, {s})")
+    cols = real_windows(read_bars(bars), w, s, min_active_frac)
+    write_windows(out, cols)
+    console.print(f"{out}: {int(cols['window_id'].max()) + 1} real windows of {w} bars")
+
+
+@app.command()
+def bench(
+    devices: str = typer.Option("cpu,mps,cuda", "--devices", help="Comma-separated devices."),
+    steps: int = typer.Option(20, "--steps", help="Timed training steps per run."),
+    bars: Path = typer.Option(
+        None, "--bars", help="bars.parquet (default: the shared CSV via ape-chain process)."
+    ),
+    out: Path = typer.Option(Path("runs/bench/gan_devices.json"), "--out"),
+    config: str = ConfigOpt,
+) -> None:
+    """Training steps/s and generated windows/s per device, cdist fallback vs native."""
+    from finetune_mlx.atomic import write_json
+    from gan_torch.bench import device_bench, print_bench
+    from gan_torch.data import read_bars
+
+    cfg, _ = _cfg(config, {})
+    with tempfile.TemporaryDirectory() as tmp:
+        data = read_bars(bars or bars_from_swaps_csv(SHARED_CSV, Path(tmp)))
+        result = device_bench(data, cfg, [d for d in devices.split(",") if d], steps)
+    write_json(out, result)
+    print_bench(result, Console())
+    console.print(f"wrote {out}")
+
+
+def main() -> None:
+    run_cli(app)

@@ -1,0 +1,78 @@
+"""WGAN-GP losses, feature matching, diversity, annealed instance noise.
+
+Every generator-side term keeps the generator's graph: the real-data side is constant, the
+fake side is never detached (a published version stored detached features, so feature
+matching never reached the generator; tests/test_gan_losses.py checks each term).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def critic_wasserstein(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
+    return d_fake.mean() - d_real.mean()
+
+
+def generator_wasserstein(d_fake: torch.Tensor) -> torch.Tensor:
+    return -d_fake.mean()
+
+
+def gradient_penalty(critic, real, fake, cond, generator: torch.Generator | None = None):
+    """(||grad_x D(x_hat)||_2 - 1)^2 on random interpolates (Gulrajani et al. 2017).
+
+    Runs the minibatch layer through its cdist-free formulation: the penalty needs a second
+    derivative and ``aten::_cdist_backward`` has none, on any device.
+    """
+    eps = torch.rand(real.shape[0], 1, 1, generator=generator).to(real.device)
+    x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
+    score, _ = critic(x_hat, cond, impl="native")
+    (grad,) = torch.autograd.grad(score.sum(), x_hat, create_graph=True)
+    return ((grad.flatten(1).norm(dim=1) - 1.0) ** 2).mean()
+
+
+def stylized_moments(x: torch.Tensor, lags: int = 5) -> torch.Tensor:
+    """Batch moments of a (B, T, F) batch: per-feature mean and std, ACF of returns and of
+    |returns| at lags 1..lags, and the |return|-volume correlation. Differentiable."""
+    r = x[..., 0]
+    a = r.abs()
+    parts = [x.mean((0, 1)), x.std((0, 1))]
+
+    def acf(s):
+        s = s - s.mean(1, keepdim=True)
+        var = s.pow(2).mean() + 1e-6
+        return torch.stack([(s[:, k:] * s[:, :-k]).mean() / var for k in range(1, lags + 1)])
+
+    lags = min(lags, x.shape[1] - 1)
+    a_c = a - a.mean()
+    v_c = x[..., 1] - x[..., 1].mean()
+    corr = (a_c * v_c).mean() / (a_c.pow(2).mean().sqrt() * v_c.pow(2).mean().sqrt() + 1e-6)
+    return torch.cat([*parts, acf(r), acf(a), corr[None]])
+
+
+def feature_matching(f_real: torch.Tensor, f_fake: torch.Tensor) -> torch.Tensor:
+    """Match the batch mean of the critic's features (Salimans et al. 2016)."""
+    return (f_real.detach().mean(0) - f_fake.mean(0)).pow(2).mean()
+
+
+def moment_matching(x_real: torch.Tensor, x_fake: torch.Tensor) -> torch.Tensor:
+    return (stylized_moments(x_real).detach() - stylized_moments(x_fake)).pow(2).mean()
+
+
+def diversity_loss(x_a, x_b, z_a, z_b) -> torch.Tensor:
+    """Mode seeking (Mao et al. 2019): penalise outputs that move less than their noise."""
+    ratio = (x_a - x_b).abs().mean() / ((z_a - z_b).abs().mean() + 1e-8)
+    return 1.0 / (ratio + 1e-5)
+
+
+def instance_noise_sigma(step: int, total_steps: int, sigma0: float, anneal_frac: float) -> float:
+    """Linear anneal from sigma0 to 0 over the first ``anneal_frac`` of training."""
+    horizon = max(1.0, anneal_frac * total_steps)
+    return float(max(0.0, sigma0 * (1.0 - step / horizon)))
+
+
+def add_instance_noise(x: torch.Tensor, sigma: float, generator: torch.Generator | None = None):
+    """Noise for the critic's inputs during training only; generation never calls this."""
+    if sigma <= 0.0:
+        return x
+    return x + sigma * torch.randn(x.shape, generator=generator).to(x.device)

@@ -1,0 +1,14 @@
+#!/usr/bin/env python
+"""MLX model dir -> qwen2 GGUF + Ollama Modelfile: the same as
+`ape-finetune export-gguf`. Logic: finetune_mlx/export_gguf.py.
+
+    python scripts/convert_mlx_to_gguf.py --model runs/tiny/student/fused --out runs/tiny/gguf/model.gguf
+"""
+
+import sys
+
+from finetune_mlx.cli import app
+from finetune_mlx.errors import run_cli
+
+if __name__ == "__main__":
+    run_cli(lambda: app(["export-gguf", *sys.argv[1:]]))

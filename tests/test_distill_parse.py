@@ -1,0 +1,206 @@
+"""Parsing and cleaning on realistic teacher outputs; the prompt and the rules teacher."""
+
+import math
+
+import numpy as np
+import pytest
+
+from distill import rules
+from distill.clean import (
+    DRAFT_TOO_LONG,
+    MAPPED,
+    NO_DRAFTS,
+    NON_ENGLISH,
+    PLAIN_WORD,
+    SEPARATOR_ADDED,
+    TRANSLITERATED,
+    TRUNCATED,
+    clean_answer,
+    has_plain_decision,
+    to_english,
+)
+from distill.config import DEFAULTS
+from distill.parse import CANARIES, parse_answer, split_think, to_canary
+from distill.prompt import MarketState, format_prompt, state_from_window, system_prompt
+
+# (raw teacher output, expected decision or None, expected amount, expected reason)
+CORPUS = [
+    # QwQ: the template opened <think>, the output closes it, then Chain of Draft.
+    (
+        "Okay, the user holds mostly USDC... let me check the trend.\n</think>\n"
+        "ETH share 22%\nunderweight ETH\nuptrend +1.1%\n#### APE IN 0.75 ETH",
+        "APE IN", 0.75, None,
+    ),
+    ("<think>\nWait, maybe sell? No, hold.\n</think>\n\nshare 50%\nflat\n#### APE NEUTRAL", "APE NEUTRAL", None, None),
+    ("drafts\n#### ape out 2,5 eth", "APE OUT", 2.5, None),
+    ("- share 80%\n- overweight\n#### **APE OUT** 1.2 WETH", "APE OUT", 1.2, None),
+    ("share 80%\noverweight\nAPE OUT 3 ETH", "APE OUT", 3.0, None),  # no separator
+    ("1. share 40%\n2. trend up\n#### APE IN", "APE IN", None, None),
+    ("#### APE IN or APE OUT", None, None, "several actions"),
+    ("share 50%\nflat\n####", None, None, "no action"),
+    ("<think>\nI keep thinking and thinking", None, None, "unfinished think"),
+    ("", None, None, "empty"),
+    ("   \n ", None, None, "empty"),
+    ("the market looks interesting today", None, None, "no action"),
+    ("share 50%\n#### APE NEUTRAL\n#### APE IN 1 ETH", "APE IN", 1.0, None),  # last separator wins
+]
+
+
+@pytest.mark.parametrize("text,decision,amount,reason", CORPUS)
+def test_parse_corpus(text, decision, amount, reason):
+    a = parse_answer(text)
+    assert a.decision == decision
+    assert a.amount_eth == amount
+    assert a.reason == reason
+    assert a.valid == (decision is not None)
+
+
+def test_parse_drafts_and_think():
+    a = parse_answer("<think>\nlong thought\n</think>\n- ETH share 22%\n* underweight\n#### APE IN")
+    assert a.drafts == ["ETH share 22%", "underweight"]
+    assert a.thinking == "long thought"
+    assert a.has_separator
+    assert split_think("no think here") == ("", "no think here", False)
+
+
+def test_plain_words_only_in_plain_mode():
+    for text, canary in [
+        ("share 20%\n#### BUY 0.5 ETH", "APE IN"),
+        ("share 90%\n#### Sell 2 ETH", "APE OUT"),
+        ("flat\n#### hold", "APE NEUTRAL"),
+        ("flat\n#### Decision: wait", "APE NEUTRAL"),
+        ("up\n#### go long", "APE IN"),
+        ("down\n#### reduce exposure 1.5 ETH", "APE OUT"),
+        ("x\n#### accumulate", "APE IN"),
+        ("x\n#### short", "APE OUT"),
+        ("x\n#### neutral", "APE NEUTRAL"),
+    ]:
+        assert parse_answer(text).decision is None  # strict: the student must say the canary
+        a = parse_answer(text, plain=True)
+        assert a.decision == canary and a.mapped, text
+    a = parse_answer("x\n#### BUY 0.5 ETH", plain=True)
+    assert a.amount_eth == 0.5
+    assert parse_answer("x\n#### buy or sell", plain=True).reason == "several actions"
+    # A canary and the same plain decision are one action.
+    assert parse_answer("x\n#### APE NEUTRAL (hold)", plain=True).decision == "APE NEUTRAL"
+    assert to_canary("Buy") == "APE IN" and to_canary("ape out") == "APE OUT" and to_canary("maybe") is None
+
+
+def test_clean_keeps_format_and_counts_fixes():
+    c = clean_answer("</think>\nETH share 22%\nunderweight\n#### BUY 0.5 ETH")
+    assert c.ok and c.completion == "ETH share 22%\nunderweight\n#### APE IN 0.5 ETH"
+    assert MAPPED in c.fixes
+    c = clean_answer("share 80%\noverweight\nsell 3 ETH")
+    assert c.ok and c.completion.endswith("#### APE OUT 3 ETH") and SEPARATOR_ADDED in c.fixes
+
+
+def test_clean_mixed_languages():
+    # QwQ switching to Chinese for a draft: removed; accents transliterated; full-width folded.
+    c = clean_answer("ETH share 22%\n趋势向上\nvolatilité élevée\nchange ＋１．２％\n#### APE IN")
+    assert c.ok, c
+    assert c.completion.splitlines()[:-1] == ["ETH share 22%", "volatilite elevee", "change +1.2%"]
+    assert TRANSLITERATED in c.fixes
+    assert c.completion.isascii()
+    # Mostly Chinese: rejected, to be re-asked.
+    c = clean_answer("以太坊占比很低\n价格趋势向上，应该买入\n#### APE IN")
+    assert not c.ok and c.reason == NON_ENGLISH
+    assert to_english("naïve café") == ("naive cafe", 0)
+
+
+def test_clean_draft_length():
+    c = clean_answer("ETH share is twenty two percent today\n#### APE IN")
+    assert c.ok and c.completion.splitlines()[0] == "ETH share is twenty two" and TRUNCATED in c.fixes
+    prose = "The portfolio holds far too little ETH compared with the target so we should add more"
+    assert clean_answer(prose + "\n#### APE IN").reason == DRAFT_TOO_LONG
+    assert clean_answer(prose + "\n#### APE IN", max_draft_words=None).ok  # chain of thought
+    assert clean_answer("#### APE IN").reason == NO_DRAFTS
+
+
+def test_no_plain_decision_survives():
+    c = clean_answer("strong buy signal\nholding too little\n#### BUY")
+    assert c.ok and not has_plain_decision(c.completion)
+    assert PLAIN_WORD in c.fixes
+    assert has_plain_decision("#### BUY") and has_plain_decision("we sell") and not has_plain_decision("holding")
+
+
+def _window(closes, swaps=10):
+    closes = np.asarray(closes, dtype=np.float64)
+    r = np.diff(np.log(np.concatenate([[closes[0]], closes])))
+    n = len(closes)
+    return {
+        "close": closes, "log_return": r, "volume_eth": np.full(n, 2.0),
+        "volume_usdc": np.full(n, 2.0) * closes, "swap_count": np.full(n, swaps),
+        "realized_vol": np.abs(r), "tick": np.zeros(n),
+    }
+
+
+def test_state_and_prompt():
+    cols = _window([2000.0, 2010.0, 2020.0, 2030.0])
+    s = state_from_window(cols, eth_balance=1.0, usdc_balance=2030.0)
+    assert s.window_minutes == 20 and s.swap_count == 40
+    assert s.change_pct == pytest.approx(1.5)
+    assert s.change_ticks == round(math.log(1.015) / math.log(1.0001))
+    assert s.eth_share_pct == pytest.approx(50.0)
+    p = format_prompt(s)
+    assert "ETH share 50%" in p and "change +1.50%" in p and "last 20 min" in p
+    assert MarketState.from_dict(s.to_dict()) == s
+    with pytest.raises(ValueError):
+        state_from_window({"close": np.array([1.0])}, 1, 1)
+    assert "5 words" in system_prompt("cod") and "full sentences" in system_prompt("cot")
+    with pytest.raises(ValueError):
+        system_prompt("poem")
+
+
+def _state(share_pct, change_pct, vol=0.5, value=10000.0, price=2000.0):
+    eth = value * share_pct / 100 / price
+    return MarketState(price, change_pct, 0, 1.0, 2000.0, vol, 10, eth, value - eth * price, 60)
+
+
+@pytest.mark.parametrize(
+    "share,change,decision",
+    [
+        (20, -2.0, "APE IN"),  # underweight wins over a downtrend
+        (80, 2.0, "APE OUT"),  # overweight wins over an uptrend
+        (50, 0.8, "APE IN"),
+        (50, -0.8, "APE OUT"),
+        (50, 0.1, "APE NEUTRAL"),
+        (50, 0.3, "APE NEUTRAL"),  # the threshold itself is flat
+        (35, 0.0, "APE NEUTRAL"),  # band edges are inside
+        (65, 0.0, "APE NEUTRAL"),
+    ],
+)
+def test_rules_decisions(share, change, decision):
+    s = _state(share, change)
+    d = rules.decide(s, DEFAULTS)
+    assert d["decision"] == decision
+    for style in ("cod", "cot"):
+        text = rules.answer(s, DEFAULTS, style)
+        c = clean_answer(text, DEFAULTS["max_draft_words"] if style == "cod" else None)
+        assert c.ok and c.decision == decision and c.completion == text
+        assert not has_plain_decision(text)
+    cod = rules.cod_answer(s, DEFAULTS).splitlines()
+    assert cod[0] == f"ETH share {share}%"  # restates the prompt's number first
+    assert all(len(line.split()) <= 5 for line in cod[:-1])
+
+
+def test_rules_amounts():
+    s = _state(20, 0.0, value=10000.0, price=2000.0)  # 2000 USDC in ETH, target 5000
+    assert rules.decide(s, DEFAULTS)["amount_eth"] == pytest.approx(1.5)
+    s = _state(50, 1.0, vol=0.5)  # trend trade: 10% of 10000 USDC = 0.5 ETH
+    assert rules.decide(s, DEFAULTS)["amount_eth"] == pytest.approx(0.5)
+    s = _state(50, 1.0, vol=2.0)  # high volatility halves it
+    assert rules.decide(s, DEFAULTS)["amount_eth"] == pytest.approx(0.25)
+    assert rules.decide(_state(50, 0.0), DEFAULTS)["amount_eth"] is None
+
+
+def test_rules_decide_on_printed_numbers():
+    # 34.6% prints as "35%": the decision follows the printed value, not the hidden one.
+    s = _state(34.6, 0.0)
+    assert "ETH share 35%" in format_prompt(s)
+    assert rules.decide(s, DEFAULTS)["decision"] == "APE NEUTRAL"
+
+
+def test_cod_is_shorter_than_cot():
+    s = _state(50, 0.8)
+    assert len(rules.cod_answer(s, DEFAULTS).split()) * 2 < len(rules.cot_answer(s, DEFAULTS).split())
+    assert set(CANARIES) == {"APE IN", "APE OUT", "APE NEUTRAL"}
