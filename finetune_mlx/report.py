@@ -1,23 +1,226 @@
-"""The run report: Markdown with PNG plots, from the files the stages wrote."""
+"""The run report: ``report.md`` with PNG plots and ``report.json`` with the numbers and the
+targets of the stage issues, built only from the files the stages wrote."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 from finetune_mlx import atomic
 
+# The targets the stage issues set for a tiny-preset run; `report.json` says which are met.
+TARGETS = {
+    "base_canary_compliance_max": 0.05,
+    "fused_canary_compliance_min": 0.95,
+    "fused_decision_agreement_min": 0.85,
+    "teacher_acceptance_min": 0.95,
+}
+
 
 def _read_json(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}%"
+
+
+def _num(x: Any, digits: int = 3) -> str:
+    return "–" if x is None else f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+
+def collect(run_dir: Path) -> dict[str, Any]:
+    """Every number the report shows, read from the stage outputs (missing stages -> None)."""
+    r = run_dir
+    train = _read_json(r / "student" / "adapters" / "train_report.json")
+    return {
+        "data": _read_json(r / "features" / "process_report.json"),
+        "validation": _read_json(r / "validation" / "validation.json"),
+        "teacher": _read_json(r / "teacher" / "teacher_report.json"),
+        "dataset": _read_json(r / "dataset" / "dataset_report.json"),
+        "train": train,
+        "eval": _read_json(r / "eval" / "eval.json"),
+    }
+
+
+def check_targets(numbers: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    variants = (numbers.get("eval") or {}).get("variants", {})
+    if "base" in variants:
+        v = variants["base"]["canary_compliance"]
+        out["base canary compliance near 0%"] = {"value": v, "target": f"<= {_pct(TARGETS['base_canary_compliance_max'])}",
+                                                 "met": v <= TARGETS["base_canary_compliance_max"]}
+    if "fused" in variants:
+        v = variants["fused"]["canary_compliance"]
+        out["fused canary compliance"] = {"value": v, "target": f">= {_pct(TARGETS['fused_canary_compliance_min'])}",
+                                          "met": v >= TARGETS["fused_canary_compliance_min"]}
+        v = variants["fused"]["decision_agreement"]
+        out["fused decision agreement with the teacher"] = {
+            "value": v, "target": f">= {_pct(TARGETS['fused_decision_agreement_min'])}",
+            "met": v >= TARGETS["fused_decision_agreement_min"]}
+    teacher = numbers.get("teacher")
+    if teacher and teacher.get("items"):
+        v = teacher["accepted"] / teacher["items"]
+        out["teacher acceptance"] = {"value": v, "target": f">= {_pct(TARGETS['teacher_acceptance_min'])}",
+                                     "met": v >= TARGETS["teacher_acceptance_min"]}
+    validation = numbers.get("validation")
+    if validation:
+        for period, data in validation.get("periods", {}).items():
+            verdicts = data.get("verdicts", {}).get("gan_vs_gbm", {})
+            if verdicts:
+                met = verdicts.get("discriminative") == "better" and verdicts.get("acf_abs_ret") == "better"
+                out[f"GAN beats GBM on the {period} period (discriminative, ACF of abs returns)"] = {
+                    "value": f"{verdicts.get('discriminative')}, {verdicts.get('acf_abs_ret')}",
+                    "target": "better, better", "met": met}
+    return out
+
+
+def _plot_training(train: dict[str, Any], path: Path) -> bool:
+    log = train.get("train_log") or []
+    if not log:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([x["iteration"] for x in log], [x["train_loss"] for x in log], label="train loss")
+    val = train.get("val_log") or []
+    if val:
+        ax.plot([x["iteration"] for x in val], [x["val_loss"] for x in val], "o-", label="validation loss")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss (canary-weighted)")
+    ax.set_title("student LoRA training")
+    ax.legend()
+    fig.tight_layout()
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _plot_eval(variants: dict[str, Any], path: Path) -> bool:
+    if not variants:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = list(variants)
+    metrics = [("canary_compliance", "canary compliance"), ("decision_agreement", "agreement with teacher"),
+               ("format_validity", "format validity")]
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for i, (key, label) in enumerate(metrics):
+        ax.bar(x + (i - 1) * 0.27, [100 * variants[n][key] for n in names], 0.27, label=label)
+    ax.axhline(95, color="grey", ls="--", lw=0.8)
+    ax.set_xticks(x, names)
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 105)
+    ax.set_title("does it speak canary? (held-out test split)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    with atomic.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return True
 
 
 def write_report(run_dir: Path, manifest: dict[str, Any]) -> dict[str, str]:
-    lines = [f"# apeagent run: {run_dir}", "", f"preset: `{manifest.get('preset')}`, "
-             f"data: `{json.dumps(manifest.get('source'))}`", "", "## Stages", "",
-             "| stage | status | seconds |", "|---|---|---|"]
+    run_dir = Path(run_dir)
+    numbers = collect(run_dir)
+    targets = check_targets(numbers)
+    plots = run_dir / "report_plots"
+    plots.mkdir(exist_ok=True)
+    source = manifest.get("source", {})
+    simulated = source.get("kind") == "simulate" or (numbers["data"] or {}).get("simulated")
+
+    md = [f"# apeagent run report: `{run_dir}`", ""]
+    md.append(f"Preset `{manifest.get('preset')}`; data: `{json.dumps(source)}`.")
+    if simulated:
+        md += ["", "> **SIMULATED DATA.** These swaps come from the offline market simulator "
+               "(`ape-chain simulate`), not from Base. Run with `--swaps FILE` or `--rpc-url URL` for real data."]
+    md += ["", "## Targets", "", "| target | value | wanted | met |", "|---|---|---|---|"]
+    for name, t in targets.items():
+        value = _pct(t["value"]) if isinstance(t["value"], float) else t["value"]
+        md.append(f"| {name} | {value} | {t['target']} | {'yes' if t['met'] else '**no**'} |")
+
+    data = numbers["data"]
+    if data:
+        md += ["", "## Data", "", f"{data['swaps']} swaps, blocks {data['first_block']}–{data['last_block']}, "
+               f"{data['bars']} bars of {data['bar_seconds']} s ({data['empty_bars']} without swaps), "
+               f"price {data['price_min']:.2f}–{data['price_max']:.2f} USDC/ETH."]
+
+    validation = numbers["validation"]
+    if validation:
+        md += ["", "## GAN fidelity (synthetic vs held-out real windows)", "",
+               f"Overall grade: **{validation.get('grade')}** (thresholds in docs/gan_torch.md). "
+               "Lower is better everywhere; `real_train` (real training windows vs the held-out period) is the floor."]
+        for period, data_p in validation.get("periods", {}).items():
+            md += ["", f"### held-out {period} period ({data_p.get('n_real_windows')} real windows)", "",
+                   "| source | grade | discriminative | predictive | mean KS | ACF r err | ACF abs r err | kurtosis err |",
+                   "|---|---|---|---|---|---|---|---|"]
+            for name, s in data_p.get("sources", {}).items():
+                md.append(f"| {name} | {s.get('grade')} | {_num(s.get('discriminative_score'))} | "
+                          f"{_num(s.get('predictive_score'))} | {_num(s.get('mean_ks'))} | {_num(s.get('acf_ret_error'))} | "
+                          f"{_num(s.get('acf_abs_ret_error'))} | {_num(s.get('kurtosis_error'), 2)} |")
+        for plot in validation.get("plots", []):
+            src = Path(plot)
+            if src.is_file():
+                shutil.copyfile(src, plots / src.name)
+                md += ["", f"![{src.stem}](report_plots/{src.name})"]
+
+    teacher = numbers["teacher"]
+    if teacher:
+        md += ["", "## Teacher", "", f"Teacher `{teacher.get('teacher')}` (`{teacher.get('model')}`, style "
+               f"`{teacher.get('style')}`): {teacher.get('accepted')} of {teacher.get('items')} answers accepted, "
+               f"{teacher.get('rejected_after_retries')} rejected after retries; rejections by reason: "
+               f"`{json.dumps(teacher.get('rejections'))}`; decisions `{json.dumps(teacher.get('decisions'))}`; "
+               f"mean output tokens {_num((teacher.get('output_tokens') or {}).get('mean_accepted'), 1)}."]
+    dataset = numbers["dataset"]
+    if dataset:
+        md += ["", "## Dataset", "", "| split | examples | APE IN | APE OUT | APE NEUTRAL |", "|---|---|---|---|---|"]
+        for split, n in dataset.get("counts", {}).items():
+            c = dataset.get("classes", {}).get(split, {})
+            md.append(f"| {split} | {n} | {c.get('APE IN', 0)} | {c.get('APE OUT', 0)} | {c.get('APE NEUTRAL', 0)} |")
+
+    train = numbers["train"]
+    if train:
+        md += ["", "## Student training", "", f"`{train.get('fine_tune_type')}` on `{train.get('model')}`: "
+               f"{train.get('iters')} iterations, {train.get('trainable_parameters')} trainable of "
+               f"{train.get('total_parameters')} parameters, {_num(train.get('tokens_per_second'), 0)} tokens/s, "
+               f"final train loss {_num(train.get('final_train_loss'))}, validation loss {_num(train.get('final_val_loss'))}."]
+        if _plot_training(train, plots / "training_curve.png"):
+            md += ["", "![training curve](report_plots/training_curve.png)"]
+
+    ev = numbers["eval"]
+    if ev:
+        variants = ev.get("variants", {})
+        md += ["", f"## Canary evaluation ({ev.get('n')} held-out test prompts)", "",
+               "| metric | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants)]
+        for key, label, fmt in [("canary_compliance", "canary compliance", _pct),
+                                ("decision_agreement", "decision agreement with teacher", _pct),
+                                ("format_validity", "format validity", _pct),
+                                ("answer_tokens_mean", "answer tokens", lambda x: _num(x, 1)),
+                                ("tokens_per_second", "generation tokens/s", lambda x: _num(x, 0)),
+                                ("latency_s_mean", "latency (s)", lambda x: _num(x, 3))]:
+            md.append(f"| {label} | " + " | ".join(fmt(v.get(key)) for v in variants.values()) + " |")
+        if _plot_eval(variants, plots / "canary_eval.png"):
+            md += ["", "![canary evaluation](report_plots/canary_eval.png)"]
+
+    md += ["", "## Stages", "", "| stage | status | seconds |", "|---|---|---|"]
     for name, rec in manifest.get("stages", {}).items():
-        lines.append(f"| {name} | {rec.get('status')} | {rec.get('seconds', '')} |")
-    atomic.write_text(run_dir / "report.md", "\n".join(lines) + "\n")
-    return {"report": str(run_dir / "report.md")}
+        md.append(f"| {name} | {rec.get('status')} | {rec.get('seconds', '')} |")
+    md += ["", f"Versions: `{json.dumps(manifest.get('versions'))}`", ""]
+
+    atomic.write_text(run_dir / "report.md", "\n".join(md))
+    atomic.write_json(run_dir / "report.json", {"simulated": bool(simulated), "targets": targets, **numbers})
+    return {"report": str(run_dir / "report.md"), "numbers": str(run_dir / "report.json")}

@@ -64,3 +64,28 @@ def test_bad_input_is_one_clear_line_and_exit_2(tmp_path, args, needle):
     assert needle in r.stderr
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "run").exists()
+
+
+REAL_CSV = ROOT.parent / "shared" / "data" / "base_eth_usdc_v4_swaps.csv"
+
+
+@pytest.mark.skipif(not REAL_CSV.is_file(), reason=f"shared real data absent: {REAL_CSV}")
+def test_failed_stage_stops_the_run_and_the_next_run_resumes_there(tmp_path):
+    import json
+
+    lines = REAL_CSV.read_text().splitlines()[:301]
+    bad = tmp_path / "swaps.csv"
+    bad.write_text("\n".join(lines[:150] + ["not,a,swap"] + lines[150:]) + "\n")
+    run = tmp_path / "run"
+    r = _pipeline("--swaps", str(bad), "--run-dir", str(run), "--until", "process")
+    assert r.returncode == 1
+    assert "swaps.csv:151" in r.stderr and "stage ingest failed" in r.stderr
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "failed at ingest" and manifest["stages"]["ingest"]["status"] == "failed"
+
+    bad.write_text("\n".join(lines) + "\n")  # the user fixes the file: the run goes on from ingest
+    r = _pipeline("--swaps", str(bad), "--run-dir", str(run), "--until", "process")
+    assert r.returncode == 0, r.stderr
+    assert "▶ ingest" in r.stderr and "▶ process" in r.stderr
+    r = _pipeline("--swaps", str(bad), "--run-dir", str(run), "--until", "process")
+    assert r.returncode == 0 and r.stderr.count("up to date") == 2 and "▶" not in r.stderr
