@@ -62,6 +62,8 @@ def plan(cfg: dict[str, Any], run_dir: Path, config_file: Path, source: dict[str
     adapters = r / "student" / "adapters"
     fused = r / "student" / "fused"
     sec = {name: cfg.get(name, {}) for name in SECTIONS}
+    # the last part of the swaps is never trained on: the GAN validates and the agent backtests there
+    holdout = sec["agent"].get("holdout_fraction", 0.2)
     stages: list[Stage] = []
 
     kind = source["kind"]
@@ -69,15 +71,17 @@ def plan(cfg: dict[str, Any], run_dir: Path, config_file: Path, source: dict[str
         sim_csv = r / "chain" / "simulated_swaps.csv"
         stages.append(Stage("simulate", "chain", "simulate", [*c, "--out", str(sim_csv)], [], [sim_csv],
                             {"chain": sec["chain"]}, "SIMULATED swaps (the offline default data source)"))
+        swaps = sim_csv
         stages.append(Stage("ingest", "chain", "import-csv", [*c, str(sim_csv), "--db", str(db)],
                             [sim_csv], [db], {}, "simulated swaps -> event store", fresh=True))
     elif kind == "csv":
-        csv = Path(source["path"])
+        csv = swaps = Path(source["path"])
         stages.append(Stage("ingest", "chain", "import-csv", [*c, str(csv), "--db", str(db)],
                             [csv], [db], {}, f"real swaps from {csv} -> event store", fresh=True))
     elif kind == "store":
-        db = Path(source["path"])
+        db = swaps = Path(source["path"])
     elif kind == "rpc":
+        swaps = db
         args = [*c, "--db", str(db)]
         for url in source["urls"]:
             args += ["--rpc-url", url]
@@ -102,8 +106,9 @@ def plan(cfg: dict[str, Any], run_dir: Path, config_file: Path, source: dict[str
               [*c, "--checkpoint", str(ckpt), "--bars", str(bars), "--out-dir", str(r / "validation")],
               [ckpt, bars], [r / "validation" / "validation.json"], {"gan": sec["gan"]},
               "fidelity vs held-out real data and baselines"),
-        Stage("real-windows", "gan_torch", "windows", [*c, "--bars", str(bars), "--out", str(real_windows)],
-              [bars], [real_windows], {"gan": sec["gan"]}, "real market windows"),
+        Stage("real-windows", "gan_torch", "windows",
+              [*c, "--bars", str(bars), "--out", str(real_windows), "--holdout-frac", str(holdout)],
+              [bars], [real_windows], {"gan": sec["gan"]}, "real market windows (backtest period left out)"),
         Stage("teacher", "distill", "teach",
               [*c, "--windows", str(synthetic), "--windows", str(real_windows), "--out-dir", str(r / "teacher")],
               [synthetic, real_windows], [answers], {"distill": sec["distill"]}, "teacher answers"),
@@ -134,6 +139,11 @@ def plan(cfg: dict[str, Any], run_dir: Path, config_file: Path, source: dict[str
                "--test-file", str(test), "--out", str(r / "eval" / "eval.json")],
               [*model_inputs, adapters, fused, test], [r / "eval" / "eval.json"], {"finetune": sec["finetune"]},
               "canary evaluation: base vs adapter vs fused"),
+        Stage("backtest", "chain", "backtest",
+              [*c, "--swaps", str(swaps), "--model", str(fused), "--out", str(r / "backtest"),
+               "--holdout-fraction", str(holdout)],
+              [swaps, fused], [r / "backtest" / "backtest.json"], {"agent": sec["agent"]},
+              "the fused student trades the held-out swaps, beside the rules teacher, hold and 50/50"),
     ]
     return stages
 

@@ -45,6 +45,7 @@ def collect(run_dir: Path) -> dict[str, Any]:
         "dataset": _read_json(r / "dataset" / "dataset_report.json"),
         "train": train,
         "eval": _read_json(r / "eval" / "eval.json"),
+        "backtest": _read_json(r / "backtest" / "backtest.json"),
     }
 
 
@@ -215,6 +216,23 @@ def write_report(run_dir: Path, manifest: dict[str, Any]) -> dict[str, str]:
             md.append(f"| {label} | " + " | ".join(fmt(v.get(key)) for v in variants.values()) + " |")
         if _plot_eval(variants, plots / "canary_eval.png"):
             md += ["", "![canary evaluation](report_plots/canary_eval.png)"]
+
+    bt = numbers["backtest"]
+    if bt:
+        held = bt.get("holdout", {})
+        md += ["", "## Backtest on the held-out swaps", "",
+               f"{held.get('swaps')} swaps never trained on (the last {_pct(held.get('fraction'))}), "
+               f"a decision every {bt.get('interval_minutes')} min ({bt.get('steps')} steps), pool fee and "
+               "price impact from the exact AMM math, gas per trade.", "",
+               "| policy | return % | Sharpe | max drawdown % | trades | fees USDC | unparseable |",
+               "|---|---|---|---|---|---|---|"]
+        for name, p in bt.get("policies", {}).items():
+            md.append(f"| {name} | {p['total_return_pct']:+.3f} | {p['sharpe']:.2f} | {p['max_drawdown_pct']:.3f} | "
+                      f"{p['trades']} | {p['fees_paid_usdc']:.2f} | {p.get('unparseable', 0)} |")
+        equity = run_dir / "backtest" / "equity.png"
+        if equity.is_file():
+            shutil.copyfile(equity, plots / "equity.png")
+            md += ["", "![equity curves](report_plots/equity.png)"]
 
     md += ["", "## Stages", "", "| stage | status | seconds |", "|---|---|---|"]
     for name, rec in manifest.get("stages", {}).items():

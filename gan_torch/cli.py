@@ -238,17 +238,29 @@ def windows_cmd(
     min_active_frac: float = typer.Option(
         0.0, "--min-active-frac", help="Skip windows with fewer non-empty bars."
     ),
+    holdout_frac: float = typer.Option(
+        0.0,
+        "--holdout-frac",
+        help="Leave out the last fraction of the swaps (the backtest's held-out period).",
+    ),
     config: str = ConfigOpt,
 ) -> None:
     """Cut REAL windows from bars into the windows.parquet schema (ids in time order)."""
-    from gan_torch.data import read_bars, real_windows, write_windows
+    from gan_torch.data import read_bars, real_windows, split_bounds, write_windows
 
     cfg, _ = _cfg(config, {"window": window})
     w = cfg["window"]
     s = stride or w
     if w < 2 or s < 1:
         raise UserError(f"--window must be >= 2 and --stride >= 1 (got {w}, {s})")
-    cols = real_windows(read_bars(bars), w, s, min_active_frac)
+    if not 0.0 <= holdout_frac < 1.0:
+        raise UserError(f"--holdout-frac must be in [0, 1) (got {holdout_frac})")
+    table = read_bars(bars)
+    if holdout_frac > 0:
+        # the same cut as training's time split and the backtest: a quantile of the swaps
+        cut = split_bounds(table["swap_count"], holdout_frac, 0.0)["test"][0]
+        table = {k: v[:cut] for k, v in table.items()}
+    cols = real_windows(table, w, s, min_active_frac)
     write_windows(out, cols)
     console.print(f"{out}: {int(cols['window_id'].max()) + 1} real windows of {w} bars")
 
