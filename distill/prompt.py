@@ -103,16 +103,18 @@ def state_from_window(
 def format_prompt(state: MarketState) -> str:
     """The user prompt for one market state (identical in training, eval and live use)."""
     s = state
-    # The two deciding numbers come last, at a near-fixed distance from the answer: a small
-    # student finds them by position instead of having to learn to search for them.
+    # The two deciding numbers come last, at a near-fixed distance from the answer (nothing
+    # of variable length between them and it): a small student finds them by position
+    # instead of having to learn to search for them.
     return (
         f"ETH/USDC, last {s.window_minutes} min\n"
         f"price {s.price:.2f} USDC\n"
         f"volume {s.volume_eth:.1f} ETH, {s.volume_usdc:.0f} USDC\n"
         f"volatility {s.volatility_pct:.2f}%\n"
         f"swaps {s.swap_count}\n"
+        f"tick move {s.change_ticks:+d}\n"
         f"holding {s.eth_balance:.4f} ETH, {s.usdc_balance:.2f} USDC\n"
-        f"change {s.change_pct:+.2f}% ({s.change_ticks:+d} ticks)\n"
+        f"change {s.change_pct:+.2f}%\n"
         f"ETH share {s.eth_share_pct:.0f}%\n"
         "Action?"
     )

@@ -11,8 +11,10 @@ Amounts: rebalancing trades move the portfolio to 50/50; trend trades move
 ``trade_fraction`` of the portfolio's value, halved when the window's volatility is above
 ``high_vol_pct`` %; a trade never exceeds what the portfolio holds.
 
-The Chain-of-Draft rationale restates the two deciding numbers before judging each, so a
-small student can copy them from the prompt and then decide.
+The Chain-of-Draft rationale is categorical: each draft is the judgement of one deciding
+number (share vs the band, change vs the trend threshold, volatility), not a copy of it. A
+few-hundred-thousand-parameter student learns to classify digits at a fixed distance from the
+end of the prompt far more easily than to copy them, and the decision follows from the drafts.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ def decide(state: MarketState, cfg: dict) -> dict:
             eth = cfg["trade_fraction"] * value / price * (0.5 if high_vol else 1.0)
         limit = state.usdc_balance / price if decision == APE_IN else state.eth_balance
         eth = min(eth, limit)
-        eth = round(eth, 2) if eth >= 0.05 else round(eth, 4)
+        eth = round(eth, 2)  # fewer digits to learn; a trade under 0.005 ETH has no amount
         amount = eth if eth > 0 else None
     return {
         "decision": decision,
@@ -68,26 +70,21 @@ def decide(state: MarketState, cfg: dict) -> dict:
 
 
 def cod_answer(state: MarketState, cfg: dict) -> str:
-    """Chain of Draft: five drafts of at most five words, then ``#### <action>``."""
+    """Chain of Draft: three categorical drafts of at most five words, then ``#### <action>``."""
     d = decide(state, cfg)
     lo, hi, trend = _pct(cfg["band_low"]), _pct(cfg["band_high"]), _pct(cfg["trend_pct"])
-    band = {
-        "low": f"below {lo}, underweight",
-        "high": f"above {hi}, overweight",
-        "in": f"within {lo}-{hi}, balanced",
-    }[d["band"]]
-    move = {
-        "up": f"above {trend}, uptrend",
-        "down": f"below -{trend}, downtrend",
-        "flat": f"within {trend}, flat",
-    }[d["direction"]]
-    vol = "high, half size" if d["high_vol"] else "normal"
     drafts = [
-        f"ETH share {d['share']:.0f}%",
-        band,
-        f"change {d['change']:+.2f}%",
-        move,
-        f"volatility {d['vol']:.2f}%, {vol}",
+        {
+            "low": f"share below {lo}",
+            "high": f"share above {hi}",
+            "in": "share in band",
+        }[d["band"]],
+        {
+            "up": f"change above {trend}",
+            "down": f"change below -{trend}",
+            "flat": "change flat",
+        }[d["direction"]],
+        "volatility high, half size" if d["high_vol"] else "volatility normal",
     ]
     return "\n".join(drafts) + f"\n{SEPARATOR} " + format_action(d["decision"], d["amount_eth"])
 

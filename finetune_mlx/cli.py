@@ -92,7 +92,9 @@ def build_tiny_cmd(
 
     from finetune_mlx.tiny import build_tiny, corpus_from_dataset
 
-    corpus, chats = corpus_from_dataset(splits["train"] + splits["valid"])
+    corpus, chats = corpus_from_dataset(
+        splits["train"] + splits["valid"], system=cfg["tiny_pretrain_system"]
+    )
     steps = cfg["tiny_pretrain_steps"]
     with Progress(
         TextColumn("pre-train"),
@@ -113,6 +115,7 @@ def build_tiny_cmd(
             intermediate_size=cfg["tiny_intermediate_size"] or None,
             vocab_size=cfg["tiny_vocab_size"],
             max_position_embeddings=max(cfg["max_seq_length"], 512),
+            tie_word_embeddings=cfg["tiny_tie_embeddings"],
             pretrain_texts=chats[: len(splits["train"])],
             pretrain_steps=steps,
             pretrain_batch_size=cfg["tiny_pretrain_batch_size"],

@@ -238,6 +238,7 @@ def build_tiny(
     vocab_size: int = 1024,
     max_position_embeddings: int = 2048,
     rope_theta: float = 10000.0,
+    tie_word_embeddings: bool = True,
     pretrain_texts: Sequence[str | list[dict]] | None = None,
     pretrain_steps: int = 0,
     pretrain_batch_size: int = 8,
@@ -278,12 +279,16 @@ def build_tiny(
         intermediate_size,
         max_position_embeddings,
         eos_ids,
+        tie_word_embeddings=tie_word_embeddings,
         rope_theta=rope_theta,
     )
     model = qwen2.Model(qwen2.ModelArgs.from_dict(config))
-    # Small-init embeddings: the default N(0, 1) makes tied output logits huge at the start.
+    # Tied: small-init embeddings, the default N(0, 1) makes the output logits huge at the
+    # start. Untied: keep N(0, 1) (the lm_head has its own small init), so each token's own
+    # embedding is not drowned in the residual stream by the first blocks' outputs.
     emb = model.model.embed_tokens
-    emb.weight = mx.random.normal(emb.weight.shape) * 0.02
+    if tie_word_embeddings:
+        emb.weight = mx.random.normal(emb.weight.shape) * 0.02
     mx.eval(model.parameters())
 
     with atomic_dir(out_dir) as tmp:
@@ -335,12 +340,14 @@ def to_plain(text: str) -> str:
     return text
 
 
-def corpus_from_dataset(rows: Sequence[dict]) -> tuple[list[str], list[list[dict]]]:
+def corpus_from_dataset(
+    rows: Sequence[dict], system: bool = True
+) -> tuple[list[str], list[list[dict]]]:
     """(tokenizer corpus, pre-training chats) from dataset rows.
 
     The tokenizer sees the texts with and without canaries (so both tokenize compactly); the
-    pre-training chats have every canary replaced by BUY/SELL/HOLD, system prompt included,
-    so the base model has never read a canary word.
+    pre-training chats have every canary replaced by BUY/SELL/HOLD, system prompt included
+    (``system=False`` drops it), so the base model has never read a canary word.
     """
     corpus: list[str] = []
     chats: list[list[dict]] = []
@@ -349,5 +356,11 @@ def corpus_from_dataset(rows: Sequence[dict]) -> tuple[list[str], list[list[dict
         for m in msgs:
             corpus.append(m["content"])
             corpus.append(to_plain(m["content"]))
-        chats.append([{"role": m["role"], "content": to_plain(m["content"])} for m in msgs])
+        chats.append(
+            [
+                {"role": m["role"], "content": to_plain(m["content"])}
+                for m in msgs
+                if system or m["role"] != "system"
+            ]
+        )
     return corpus, chats

@@ -17,6 +17,8 @@ import random
 import numpy as np
 import torch
 
+from chain.csvio import EXPORT_COLUMNS
+from chain.pool import ETH_USDC_POOL_ID, SIMULATED
 from finetune_mlx.errors import UserError
 from gan_torch import data as gdata
 
@@ -151,24 +153,8 @@ def to_windows(
 
 # ----------------------------------------------------------------- swap events
 
-POOL_ID = "96d4b53a38337a5733179751781178a2613306063c511b78cd02684739288c0a"
-ROUTER = "0x6fF5693b99212Da76ad316178A184AB56D299b43"
-SWAP_COLUMNS = (
-    "block_number",
-    "transaction_hash",
-    "pool_id",
-    "router_address",
-    "original_sender",
-    "is_contract_sender",
-    "amount0",
-    "amount1",
-    "sqrt_price_x96",
-    "liquidity",
-    "tick",
-    "fee",
-    "timestamp",
-    "log_index",
-)
+# GAN swaps are labelled like the chain simulator's: never mistaken for real chain data.
+SWAP_COLUMNS = EXPORT_COLUMNS
 
 
 def _step_targets(rng: random.Random, d_total: float, variation: float, k: int) -> list[float]:
@@ -266,9 +252,9 @@ def windows_to_swaps(
                     {
                         "block_number": blk,
                         "transaction_hash": h,
-                        "pool_id": POOL_ID,
-                        "router_address": ROUTER,
-                        "original_sender": "0x" + hashlib.sha256(h.encode()).hexdigest()[:40],
+                        "pool_id": ETH_USDC_POOL_ID[2:],
+                        "router_address": SIMULATED,
+                        "original_sender": SIMULATED,
                         "is_contract_sender": False,
                         "amount0": res.amount0,
                         "amount1": res.amount1,

@@ -94,3 +94,20 @@ def test_same_seed_same_model(tmp_path):
     )
     wa, wb = mx.load(str(a / "model.safetensors")), mx.load(str(b / "model.safetensors"))
     assert all(mx.array_equal(wa[k], wb[k]).item() for k in wa)
+
+
+def test_untied_embeddings_and_no_system_chats(tmp_path):
+    ds = make_dataset(tmp_path / "ds", 8, 2, 2)
+    rows = [json.loads(line) for line in (ds / "train.jsonl").read_text().splitlines()]
+    corpus, chats = corpus_from_dataset(rows, system=False)
+    assert all(m["role"] != "system" for chat in chats for m in chat)
+    assert any(m["role"] == "system" for row in rows for m in row["messages"])
+    out = build_tiny(
+        tmp_path / "m", corpus, **tiny_kwargs(), tie_word_embeddings=False,
+        pretrain_texts=chats, pretrain_steps=2,
+    )
+    config = json.loads((out / "config.json").read_text())
+    assert config["tie_word_embeddings"] is False
+    assert "lm_head.weight" in mx.load(str(out / "model.safetensors"))
+    model, tok = mlx_lm.load(str(out))
+    assert mlx_lm.generate(model, tok, "ETH share", max_tokens=4) is not None
