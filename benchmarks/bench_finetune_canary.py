@@ -32,11 +32,14 @@ def stage(name: str, *args) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("dataset", type=Path, help="dir with train/valid/test.jsonl")
+    ap.add_argument("dataset", type=Path, nargs="?", default=REPO / "runs/tiny/dataset",
+                    help="dir with train/valid/test.jsonl (default: the `make demo` run's)")
     ap.add_argument("--config", "-c", default="tiny")
     ap.add_argument("--work", type=Path, default=REPO / "runs/bench/finetune_canary")
     ap.add_argument("--out", type=Path, default=REPO / "runs/bench/finetune_canary.json")
     args = ap.parse_args()
+    if not (args.dataset / "train.jsonl").is_file():
+        raise SystemExit(f"error: no dataset at {args.dataset}: run `make demo` first or pass a dataset dir")
     from rich.console import Console
     from rich.table import Table
 

@@ -90,11 +90,12 @@ def build_tiny_cmd(
     splits = load_splits(data, ("train", "valid"))
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from finetune_mlx.tiny import build_tiny, corpus_from_dataset
+    from finetune_mlx.tiny import background_texts, build_tiny, corpus_from_dataset
 
     corpus, chats = corpus_from_dataset(
         splits["train"] + splits["valid"], system=cfg["tiny_pretrain_system"]
     )
+    corpus += background_texts(16)
     steps = cfg["tiny_pretrain_steps"]
     with Progress(
         TextColumn("pre-train"),
@@ -116,7 +117,7 @@ def build_tiny_cmd(
             vocab_size=cfg["tiny_vocab_size"],
             max_position_embeddings=max(cfg["max_seq_length"], 512),
             tie_word_embeddings=cfg["tiny_tie_embeddings"],
-            pretrain_texts=chats[: len(splits["train"])],
+            pretrain_texts=[*chats[: len(splits["train"])], *background_texts(len(splits["train"]) // 8)],
             pretrain_steps=steps,
             pretrain_batch_size=cfg["tiny_pretrain_batch_size"],
             pretrain_lr=cfg["tiny_pretrain_lr"],

@@ -340,6 +340,35 @@ def to_plain(text: str) -> str:
     return text
 
 
+# Ordinary sentences with the words the canary phrases are made of. A real base model has read
+# "ape", "in", "out" and "neutral" in plain text; the tiny one must too, or LoRA (which leaves
+# the embeddings and the output head alone) would have to make never-trained output rows win.
+# The canary *phrases* themselves never appear.
+_BACKGROUND = (
+    "An old APE sat in the shade.",
+    "The young APE climbed the tall tree.",
+    "A curious APE watched the river.",
+    "Please LOG IN before the market opens.",
+    "PLUG IN the node and wait for blocks.",
+    "CHECK IN at the front desk.",
+    "Remember to SIGN OUT when you leave.",
+    "OPT OUT of the newsletter at any time.",
+    "KEEP OUT of the server room.",
+    "The car idles in NEUTRAL at the light.",
+    "A NEUTRAL color suits the office.",
+    "The referee stayed NEUTRAL all game.",
+    "Cash IN and cash OUT are logged daily.",
+    "The tide goes IN and OUT twice a day.",
+    "Switzerland is a NEUTRAL country.",
+    "A big APE and a small monkey share the cage.",
+)
+
+
+def background_texts(n: int) -> list[str]:
+    """``n`` plain sentences (cycled) for pre-training beside the plain-word answers."""
+    return [_BACKGROUND[i % len(_BACKGROUND)] for i in range(n)]
+
+
 def corpus_from_dataset(
     rows: Sequence[dict], system: bool = True
 ) -> tuple[list[str], list[list[dict]]]:

@@ -111,3 +111,15 @@ def test_untied_embeddings_and_no_system_chats(tmp_path):
     assert "lm_head.weight" in mx.load(str(out / "model.safetensors"))
     model, tok = mlx_lm.load(str(out))
     assert mlx_lm.generate(model, tok, "ETH share", max_tokens=4) is not None
+
+
+def test_background_texts_teach_the_words_but_no_canary_phrase():
+    from distill.parse import CANARIES
+    from finetune_mlx.tiny import background_texts
+
+    texts = background_texts(40)
+    assert len(texts) == 40
+    joined = " ".join(texts)
+    for word in (" APE ", " IN ", " OUT", " NEUTRAL"):
+        assert word in joined
+    assert not any(c in t for c in CANARIES for t in texts)
