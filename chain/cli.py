@@ -32,11 +32,9 @@ def _group() -> None:
 
 def _settings(config: str, overrides: dict) -> tuple[dict, Path]:
     from chain.config import DEFAULTS
-    from finetune_mlx.config import load, section
+    from finetune_mlx.config import stage_settings
 
-    cfg = load(config)
-    run_dir = Path((cfg.get("run") or {}).get("run_dir", "runs/tiny"))
-    return section(cfg, "chain", DEFAULTS, overrides), run_dir
+    return stage_settings(config, "chain", DEFAULTS, overrides)
 
 
 def _block(value: str | int, name: str) -> int | str:

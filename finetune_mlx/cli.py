@@ -33,12 +33,10 @@ def _group() -> None:
 
 def _settings(config: str, overrides: dict) -> tuple[dict, Path]:
     """The finetune section (defaults < file < flags) and the run dir."""
-    from finetune_mlx.config import load, section
+    from finetune_mlx.config import stage_settings
     from finetune_mlx.train_config import DEFAULTS
 
-    cfg = load(config)
-    run_dir = Path((cfg.get("run") or {}).get("run_dir", "runs/tiny"))
-    return section(cfg, "finetune", DEFAULTS, overrides), run_dir
+    return stage_settings(config, "finetune", DEFAULTS, overrides)
 
 
 @app.command()

@@ -87,6 +87,15 @@ def section(
     return merged
 
 
+def stage_settings(
+    preset_or_path: str | Path, name: str, defaults: dict[str, Any], overrides: dict[str, Any]
+) -> tuple[dict[str, Any], Path]:
+    """What a stage command needs: its section (defaults < file < flags) and the run dir."""
+    cfg = load(preset_or_path)
+    run_dir = Path((cfg.get("run") or {}).get("run_dir", "runs/tiny"))
+    return section(cfg, name, defaults, overrides), run_dir
+
+
 def parse_overrides(pairs: list[str] | None) -> dict[str, dict[str, Any]]:
     """``["gan.steps=200", "distill.teacher=openai"]`` -> ``{"gan": {"steps": 200}, ...}``."""
     out: dict[str, dict[str, Any]] = {}

@@ -28,12 +28,10 @@ def _group() -> None:
 
 
 def _cfg(config: str, overrides: dict) -> tuple[dict, Path]:
-    from finetune_mlx.config import load, section
+    from finetune_mlx.config import stage_settings
     from gan_torch.config import DEFAULTS
 
-    full = load(config)
-    run_dir = Path((full.get("run") or {}).get("run_dir", "runs/default"))
-    return section(full, "gan", DEFAULTS, overrides), run_dir
+    return stage_settings(config, "gan", DEFAULTS, overrides)
 
 
 def bars_from_swaps_csv(csv_path: Path, out_dir: Path) -> Path:
