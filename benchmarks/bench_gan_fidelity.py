@@ -26,7 +26,6 @@ sys.path.insert(0, str(ROOT))
 
 def main() -> None:
     from rich.console import Console
-    from rich.table import Table
 
     from finetune_mlx.atomic import write_json
     from finetune_mlx.config import load, section
@@ -34,7 +33,7 @@ def main() -> None:
     from gan_torch.config import DEFAULTS
     from gan_torch.data import read_bars
     from gan_torch.train import train
-    from gan_torch.validation_run import run_validation
+    from gan_torch.validation_run import print_table, run_validation
 
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -91,35 +90,7 @@ def main() -> None:
             f"vs raw {ts['gbm_sigma']['raw_sigma']:.5f}; return std train {ts['train']['ret_std']:.5f} "
             f"val {ts['val']['ret_std']:.5f} test {ts['test']['ret_std']:.5f}"
         )
-        for period, rep in v["validation"]["periods"].items():
-            if "sources" not in rep:
-                continue
-            t = Table(title=f"{name}: held-out {period} ({rep['n_real_windows']} real windows)")
-            for col in (
-                "source",
-                "grade",
-                "disc.",
-                "pred. MAE",
-                "mean KS",
-                "ACF r err",
-                "ACF |r| err",
-                "kurt err",
-                "vol-price err",
-            ):
-                t.add_column(col)
-            for src, m in rep["sources"].items():
-                t.add_row(
-                    src,
-                    m["grade"],
-                    f"{m['discriminative_score']:.3f}",
-                    f"{m['predictive_score']:.3f}",
-                    f"{m['mean_ks']:.3f}",
-                    f"{m['acf_ret_error']:.3f}",
-                    f"{m['acf_abs_ret_error']:.3f}",
-                    f"{m['kurtosis_error']:.2f}",
-                    f"{m['vol_price_corr_error']:.3f}",
-                )
-            console.print(t)
+        print_table(v["validation"], console, name)
     console.print(f"peak RSS {result['peak_rss_mb']:.0f} MB; wrote {args.out}")
     print(json.dumps({n: v["validation"]["grade"] for n, v in result["variants"].items()}))
 

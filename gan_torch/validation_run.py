@@ -127,15 +127,13 @@ def _time_split(bars: dict, ds: dict) -> dict:
     return out
 
 
-def print_table(result: dict, console) -> None:
+def print_table(result: dict, console, label: str = "ape-gan validate") -> None:
     from rich.table import Table
 
     for period, rep in result["periods"].items():
         if "sources" not in rep:
             continue
-        t = Table(
-            title=f"ape-gan validate: held-out {period} period ({rep['n_real_windows']} real windows)"
-        )
+        t = Table(title=f"{label}: held-out {period} period ({rep['n_real_windows']} real windows)")
         for col in (
             "source",
             "grade",
