@@ -20,14 +20,13 @@ console = Console(stderr=True, soft_wrap=True)
 def _config(config: str, overrides: dict) -> tuple[dict, dict, Path]:
     from chain.agent_config import DEFAULTS
     from distill.config import DEFAULTS as DISTILL_DEFAULTS
-    from finetune_mlx.config import load, section
+    from finetune_mlx.config import load, run_dir_of, section
 
     cfg = load(config)
-    run_dir = Path((cfg.get("run") or {}).get("run_dir", "runs/tiny"))
     return (
         section(cfg, "agent", DEFAULTS, overrides),
         section(cfg, "distill", DISTILL_DEFAULTS),
-        run_dir,
+        run_dir_of(cfg),
     )
 
 

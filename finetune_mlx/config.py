@@ -92,8 +92,12 @@ def stage_settings(
 ) -> tuple[dict[str, Any], Path]:
     """What a stage command needs: its section (defaults < file < flags) and the run dir."""
     cfg = load(preset_or_path)
-    run_dir = Path((cfg.get("run") or {}).get("run_dir", "runs/tiny"))
-    return section(cfg, name, defaults, overrides), run_dir
+    return section(cfg, name, defaults, overrides), run_dir_of(cfg)
+
+
+def run_dir_of(config: dict[str, Any]) -> Path:
+    """Where a config's run writes by default (``run.run_dir``)."""
+    return Path((config.get("run") or {}).get("run_dir", "runs/tiny"))
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, dict[str, Any]]:
