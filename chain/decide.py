@@ -166,6 +166,7 @@ class ModelPolicy:
         max_tokens: int = 96,
         temperature: float = 0.0,
         style: str = "cod",
+        system: bool = True,
         stateful: bool = False,
         context_tokens: int = 384,
         history_trades: int = 6,
@@ -189,7 +190,8 @@ class ModelPolicy:
         self.name = name
         self.max_tokens = max_tokens
         self.sampler = make_sampler(temp=temperature)
-        self.system = system_prompt(style)
+        # without a system prompt when the student was trained without one (distill.include_system)
+        self.system = system_prompt(style) if system else None
         self.stateful = stateful
         self.context_tokens = context_tokens
         self.history_trades = history_trades
@@ -199,7 +201,7 @@ class ModelPolicy:
     def messages(self, state: MarketState, history: History | None) -> tuple[list[int], int]:
         """Token ids of the chat (fitted to the context) and the number of detailed trades."""
         user = {"role": "user", "content": format_prompt(state)}
-        base = [{"role": "system", "content": self.system}]
+        base = [{"role": "system", "content": self.system}] if self.system else []
         budget = self.context_tokens - self.max_tokens
         detail = self.history_trades if (self.stateful and history and history.trades) else -1
         while True:
@@ -264,7 +266,8 @@ def make_policy(kind: str, cfg: dict, distill_cfg: dict, log=None):
         log=log,
     )
     if kind == "student":
-        return ModelPolicy(cfg["model"], cfg["adapter"], name="student", **common)
+        return ModelPolicy(cfg["model"], cfg["adapter"], name="student",
+                           system=distill_cfg["include_system"], **common)
     if kind == "teacher":  # an MLX teacher model (answers may use plain trading words)
         return ModelPolicy(cfg["teacher"], "", name="teacher", plain=True, **common)
     raise UserError(f"unknown policy {kind!r} (known: student, rules, teacher, hold, rebalance)")

@@ -26,6 +26,12 @@ DEFAULTS = {
     "window_bars": 12,  # when cutting bars.parquet into windows
     "max_windows": 0,  # 0: all windows
     "portfolios_per_window": 1,
+    # The real windows the pipeline cuts for the teacher (`ape-gan windows`): bars between
+    # window starts (0: window_bars, no overlap) and the share of bars that must have swaps.
+    # An hour without a swap says nothing about the market and, in the real CSV, 58% of the
+    # non-overlapping windows are such hours (0.00% change); the held-out split has none.
+    "real_window_stride": 0,
+    "real_min_active_frac": 0.0,
     "portfolio_min_usdc": 500.0,  # portfolio value, drawn log-uniform in [min, max]
     "portfolio_max_usdc": 20000.0,
     "in_band_fraction": 0.5,  # share of portfolios drawn inside the balance band (class balance)

@@ -15,6 +15,8 @@ The Chain-of-Draft rationale is categorical: each draft is the judgement of one 
 number (share vs the band, change vs the trend threshold, volatility), not a copy of it. A
 few-hundred-thousand-parameter student learns to classify digits at a fixed distance from the
 end of the prompt far more easily than to copy them, and the decision follows from the drafts.
+Each draft starts with the words of the prompt line it judges ("ETH share", "change",
+"volatility"): a small student finds the line by matching those tokens.
 """
 
 from __future__ import annotations
@@ -75,9 +77,9 @@ def cod_answer(state: MarketState, cfg: dict) -> str:
     lo, hi, trend = _pct(cfg["band_low"]), _pct(cfg["band_high"]), _pct(cfg["trend_pct"])
     drafts = [
         {
-            "low": f"share below {lo}",
-            "high": f"share above {hi}",
-            "in": "share in band",
+            "low": f"ETH share below {lo}",
+            "high": f"ETH share above {hi}",
+            "in": "ETH share in band",
         }[d["band"]],
         {
             "up": f"change above {trend}",

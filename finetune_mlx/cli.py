@@ -39,6 +39,13 @@ def _settings(config: str, overrides: dict) -> tuple[dict, Path]:
     return stage_settings(config, "finetune", DEFAULTS, overrides)
 
 
+def _include_system(config: str) -> bool:
+    from distill.config import DEFAULTS as DISTILL_DEFAULTS
+    from finetune_mlx.config import load, section
+
+    return section(load(config), "distill", DISTILL_DEFAULTS)["include_system"]
+
+
 @app.command()
 def doctor() -> None:
     """Print versions, devices (torch, MLX), the BLAS in use and whether ../shared data is present."""
@@ -431,6 +438,8 @@ def generate(
         window_minutes=window_minutes,
     )
     msgs = messages(state)
+    if not _include_system(config):  # the student was trained without the system prompt
+        msgs = msgs[1:]
     mdl, tok = load(resolve_model(cfg["base_model"]), adapter_path)
     out = answer(mdl, tok, msgs, cfg["max_tokens"])
     parsed = parse_answer(out["text"])

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 from rich.console import Console
 
+from distill.config import DEFAULTS as DISTILL_DEFAULTS
 from finetune_mlx import atomic
 from finetune_mlx.config import SECTIONS, load
 from finetune_mlx.errors import UserError
@@ -95,6 +96,7 @@ def plan(cfg: dict[str, Any], run_dir: Path, config_file: Path, source: dict[str
         raise UserError(f"unknown data source {kind!r}")
 
     features = r / "features"
+    cut = {k: sec["distill"].get(k, DISTILL_DEFAULTS[k]) for k in ("real_window_stride", "real_min_active_frac")}
     stages += [
         Stage("process", "chain", "process", [*c, "--db", str(db), "--out-dir", str(features)],
               [db], [bars, features / "swaps.parquet"], {"chain": sec["chain"]}, "swaps -> market features"),
@@ -107,8 +109,9 @@ def plan(cfg: dict[str, Any], run_dir: Path, config_file: Path, source: dict[str
               [ckpt, bars], [r / "validation" / "validation.json"], {"gan": sec["gan"]},
               "fidelity vs held-out real data and baselines"),
         Stage("real-windows", "gan_torch", "windows",
-              [*c, "--bars", str(bars), "--out", str(real_windows), "--holdout-frac", str(holdout)],
-              [bars], [real_windows], {"gan": sec["gan"]}, "real market windows (backtest period left out)"),
+              [*c, "--bars", str(bars), "--out", str(real_windows), "--holdout-frac", str(holdout),
+               "--stride", str(cut["real_window_stride"]), "--min-active-frac", str(cut["real_min_active_frac"])],
+              [bars], [real_windows], {"gan": sec["gan"], "cut": cut}, "real market windows (backtest period left out)"),
         Stage("teacher", "distill", "teach",
               [*c, "--windows", str(synthetic), "--windows", str(real_windows), "--out-dir", str(r / "teacher")],
               [synthetic, real_windows], [answers], {"distill": sec["distill"]}, "teacher answers"),

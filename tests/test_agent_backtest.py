@@ -318,3 +318,22 @@ def test_load_rows_from_event_store(tmp_path):
     assert [tuple(r[k] for k in key) for r in loaded] == [tuple(r[k] for k in key) for r in rows]
     with pytest.raises(UserError, match="expected a swaps CSV"):
         load_rows(tmp_path)
+
+
+def test_student_without_system_prompt_when_trained_without_one(student):
+    """distill.include_system false: the student met no system prompt in training, so the agent
+    sends none either (the chat is the user prompt alone)."""
+    from chain.agent_config import DEFAULTS as AGENT_DEFAULTS
+    from chain.decide import make_policy
+    from distill.config import DEFAULTS as DISTILL_DEFAULTS
+
+    state = MarketState(3000.0, 0.5, 50, 10.0, 30000.0, 0.4, 40, 1.0, 3000.0, 60)
+    agent = {**AGENT_DEFAULTS, "model": str(student)}
+    texts = {}
+    for include in (True, False):
+        pol = make_policy("student", agent, {**DISTILL_DEFAULTS, "include_system": include})
+        ids, _ = pol.messages(state, None)
+        texts[include] = pol.tokenizer.decode(ids)
+    assert "<|im_start|>system" in texts[True]
+    assert "<|im_start|>system" not in texts[False]
+    assert texts[False].startswith("<|im_start|>user") and texts[True].endswith(texts[False])

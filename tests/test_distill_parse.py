@@ -179,7 +179,7 @@ def test_rules_decisions(share, change, decision):
         assert c.ok and c.decision == decision and c.completion == text
         assert not has_plain_decision(text)
     cod = rules.cod_answer(s, DEFAULTS).splitlines()
-    band = "share below 35%" if share < 35 else "share above 65%" if share > 65 else "share in band"
+    band = "ETH share below 35%" if share < 35 else "ETH share above 65%" if share > 65 else "ETH share in band"
     assert cod[0] == band  # judges the prompt's share first (a judgement, not a copy)
     assert all(len(line.split()) <= 5 for line in cod[:-1])
 

@@ -50,26 +50,24 @@ def test_report_numbers_meet_the_targets(run):
     assert teacher["accepted"] == teacher["items"] > 0
     variants = report["eval"]["variants"]
     assert variants["base"]["canary_compliance"] <= 0.05  # a base model does not speak canary
-    # Issue 6 asks for >= 95% compliance and >= 85% agreement. Measured on this preset: 97%
-    # compliance, while the tiny student does not yet read the deciding digits from the prompt
-    # (agreement ~38%, near the class prior). The report marks both targets; this pins what works.
-    assert variants["fused"]["canary_compliance"] >= 0.90
+    # Issue 6's targets: >= 95% compliance and >= 85% agreement with the teacher on held-out
+    # states (measured on this preset: 100% and 99.5%).
+    assert variants["fused"]["canary_compliance"] >= 0.95
+    assert variants["fused"]["decision_agreement"] >= 0.85
     targets = report["targets"]
     assert targets["fused canary compliance"]["value"] == variants["fused"]["canary_compliance"]
-    assert targets["fused decision agreement with the teacher"]["met"] == (
-        variants["fused"]["decision_agreement"] >= 0.85)
+    assert targets["fused canary compliance"]["met"] and targets["fused decision agreement with the teacher"]["met"]
     # the adapter and its fused model are the same model
     assert variants["fused"]["decision_agreement"] == pytest.approx(variants["base+adapter"]["decision_agreement"], abs=0.02)
     md = (run / "report.md").read_text()
     for heading in ("## Targets", "## GAN fidelity", "## Teacher", "## Student training", "## Canary evaluation",
                     "## Backtest"):
         assert heading in md
-    # The student trades the held-out period in canary words. Those states are out of the
-    # training distribution (a more volatile regime), and there the tiny student's answers
-    # break down often (~46% unparseable in one run): counted as APE NEUTRAL, as designed.
+    # The student trades the held-out period in canary words (an unparseable answer would count
+    # as APE NEUTRAL; measured: none of 39).
     student = report["backtest"]["policies"]["student"]
     assert sum(student["decisions"].values()) == report["backtest"]["steps"]
-    assert student["unparseable"] < report["backtest"]["steps"]
+    assert student["unparseable"] <= 0.1 * report["backtest"]["steps"]
     for png in ("training_curve.png", "canary_eval.png", "sample_paths.png", "equity.png"):
         assert (run / "report_plots" / png).stat().st_size > 1000
 

@@ -89,3 +89,21 @@ def test_failed_stage_stops_the_run_and_the_next_run_resumes_there(tmp_path):
     assert "▶ ingest" in r.stderr and "▶ process" in r.stderr
     r = _pipeline("--swaps", str(bad), "--run-dir", str(run), "--until", "process")
     assert r.returncode == 0 and r.stderr.count("up to date") == 2 and "▶" not in r.stderr
+
+
+def test_real_windows_for_the_teacher_follow_the_distill_cut(tmp_path):
+    """distill.real_window_stride / real_min_active_frac reach `ape-gan windows`, and changing
+    them makes the stage (and so the teacher after it) stale."""
+    from finetune_mlx.config import load
+    from finetune_mlx.pipeline import plan
+
+    cfg = load("tiny")
+    source = {"kind": "csv", "path": str(tmp_path / "swaps.csv")}
+    stage = next(s for s in plan(cfg, tmp_path, tmp_path / "c.yaml", source) if s.name == "real-windows")
+    args = stage.args
+    assert args[args.index("--stride") + 1] == str(cfg["distill"]["real_window_stride"])
+    assert args[args.index("--min-active-frac") + 1] == str(cfg["distill"]["real_min_active_frac"])
+    cfg["distill"] = {**cfg["distill"], "real_window_stride": 0}
+    other = next(s for s in plan(cfg, tmp_path, tmp_path / "c.yaml", source) if s.name == "real-windows")
+    assert other.args[other.args.index("--stride") + 1] == "0"  # 0: window_bars, no overlap
+    assert settings_hash(other) != settings_hash(stage)
