@@ -4,7 +4,9 @@ A checkpoint is a dict::
 
     format        "ape-gan/1"
     config        the gan section used (str/int/float/bool only)
-    generator     state_dict          critic      state_dict
+    generator     state_dict (generation uses it: the EMA average when ema_decay > 0)
+    generator_train  state_dict of the raw training iterate (only with EMA; for resume)
+    critic        state_dict
     opt_g, opt_c  optimizer state_dicts (resume)
     scaler        {"center": [4 floats], "scale": [4 floats]}   feature scaler
     cond_scaler   {"center": [3 floats], "scale": [3 floats]}   the ONE condition scaler

@@ -7,6 +7,8 @@ matching never reached the generator; tests/test_gan_losses.py checks each term)
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -57,6 +59,35 @@ def feature_matching(f_real: torch.Tensor, f_fake: torch.Tensor) -> torch.Tensor
 
 def moment_matching(x_real: torch.Tensor, x_fake: torch.Tensor) -> torch.Tensor:
     return (stylized_moments(x_real).detach() - stylized_moments(x_fake)).pow(2).mean()
+
+
+def window_acf(s: torch.Tensor, lags: int) -> torch.Tensor:
+    """ACF within windows (n, T), pooled over windows, lags 1..lags: the torch twin of
+    ``gan_torch.validate.acf`` (each window demeaned by its own mean, one pooled variance)."""
+    s = s - s.mean(1, keepdim=True)
+    var = s.pow(2).sum() + 1e-30
+    lags = min(int(lags), s.shape[1] - 1)
+    return torch.stack([(s[:, k:] * s[:, :-k]).sum() / var for k in range(1, lags + 1)])
+
+
+def decoded_returns(x: torch.Tensor, scaler: dict, bound: float) -> torch.Tensor:
+    """Raw log returns of scaled windows (B, T, F), as ``generate.decode_features`` makes
+    them: inverse robust/asinh scaling, clipped to the step bound, zero on empty bars.
+    Differentiable in the returns channel (the empty-bar mask is a constant)."""
+    c, s = float(scaler["center"][0]), float(scaler["scale"][0])
+    r = (torch.sinh(x[..., 0]) * s + c).clamp(-bound, bound)
+    count_raw = torch.sinh(x[..., 2]) * float(scaler["scale"][2]) + float(scaler["center"][2])
+    active = (count_raw.detach() >= math.log1p(0.5)).to(r.dtype)  # rint(expm1(.)) >= 1
+    return r * active
+
+
+def abs_return_acf_loss(r_fake: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Volatility clustering: squared error between the ACF of |returns| of a generated batch
+    (raw returns, (B, T)) and a fixed target, mean over lags 1..len(target). The target is
+    the same statistic on all real training windows (``validate.acf``), so the batch-to-batch
+    noise of a 32-window real batch never enters it."""
+    est = window_acf(r_fake.abs(), len(target))
+    return (est - target.to(est)).pow(2).mean()
 
 
 def diversity_loss(x_a, x_b, z_a, z_b) -> torch.Tensor:

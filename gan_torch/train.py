@@ -1,7 +1,9 @@
-"""WGAN-GP training loop: seeded, resumable, atomic checkpoints, best by validation fidelity."""
+"""WGAN-GP training loop: seeded, resumable, atomic checkpoints, EMA generator weights,
+best.pt by validation fidelity among the steps after ``select_from_frac`` (default: the last)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
@@ -28,6 +30,20 @@ def _noise(n, cfg, gen, device):
     return z, zg
 
 
+def ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float, step: int) -> None:
+    """Polyak/EMA average of the generator's weights (Yazici et al. 2019), in place.
+
+    The decay warms up as ``min(decay, (1 + step) / (10 + step))`` so the average is not
+    dominated by the random initialisation in short runs.
+    """
+    d = min(float(decay), (1.0 + step) / (10.0 + step))
+    with torch.no_grad():
+        for pe, p in zip(ema.parameters(), net.parameters(), strict=True):
+            pe.lerp_(p, 1.0 - d)
+        for be, b in zip(ema.buffers(), net.buffers(), strict=True):
+            be.copy_(b)
+
+
 def evaluate_fidelity(gnet, ds, cfg, ckpt_like, device, split="val") -> float:
     """Fidelity of the generator on a held-out period (lower is better), fixed noise."""
     from gan_torch.generate import decode_features
@@ -46,11 +62,14 @@ def evaluate_fidelity(gnet, ds, cfg, ckpt_like, device, split="val") -> float:
     return fidelity(part["raw"], decode_features(fake, ckpt_like))
 
 
-def _ckpt(cfg, ds, gnet, cnet, opt_g, opt_c, step, gen, best, fid) -> dict:
+def _ckpt(cfg, ds, gnet, cnet, opt_g, opt_c, step, gen, best, fid, gema=None) -> dict:
+    extra = {} if gema is None else {"generator_train": gnet.state_dict()}
     return {
         "format": ckio.FORMAT,
         "config": dict(cfg),
-        "generator": gnet.state_dict(),
+        # the weights generation uses: the EMA average when ema_decay > 0
+        "generator": (gema if gema is not None else gnet).state_dict(),
+        **extra,
         "critic": cnet.state_dict(),
         "opt_g": opt_g.state_dict(),
         "opt_c": opt_c.state_dict(),
@@ -103,8 +122,13 @@ def train(
     gen = torch.Generator().manual_seed(int(cfg["seed"]))
     step, best, fid = 0, float("inf"), float("nan")
     rows: list[dict] = []
+    gema = None
+    if float(cfg["ema_decay"]) > 0:
+        gema = copy.deepcopy(gnet).requires_grad_(False)
     if resumed is not None:
-        gnet.load_state_dict(resumed["generator"])
+        gnet.load_state_dict(resumed.get("generator_train", resumed["generator"]))
+        if gema is not None:
+            gema.load_state_dict(resumed["generator"])
         cnet.load_state_dict(resumed["critic"])
         opt_g.load_state_dict(resumed["opt_g"])
         opt_c.load_state_dict(resumed["opt_c"])
@@ -121,18 +145,27 @@ def train(
     n_train, b = len(x_train), int(cfg["batch_size"])
     half = max(1, b // 2)
     total = int(cfg["steps"])
+    # best.pt candidates: only generators trained past select_from (see config.py)
+    select_from = float(cfg["select_from_frac"]) * total
     end = total if stop_at is None else min(total, stop_at)
     ckpt_like = {
         "scaler": ds["scaler"],
         "config": cfg,
         "data": {"step_bound": ds["step_bound"], "feature_max": ds["feature_max"]},
     }
+    # volatility clustering target: ACF of |r| of all real training windows, computed
+    # exactly as the validation metric computes it (validate.acf on raw returns)
+    from gan_torch.validate import acf as np_acf
+
+    acf_lags = min(int(cfg["acf_abs_lags"]), int(cfg["window"]) - 1)
+    acf_target = torch.tensor(np_acf(np.abs(ds["train"]["raw"][..., 0]), acf_lags)).float()
+    r_bound = float(ds["step_bound"]) * float(cfg["step_bound_mult"])
     t0 = time.perf_counter()
     gnet.train()
     cnet.train()
 
     def save(path):
-        ckio.save(path, _ckpt(cfg, ds, gnet, cnet, opt_g, opt_c, step, gen, best, fid))
+        ckio.save(path, _ckpt(cfg, ds, gnet, cnet, opt_g, opt_c, step, gen, best, fid, gema))
 
     from rich.progress import (
         BarColumn,
@@ -184,6 +217,9 @@ def train(
                 "adv": losses.generator_wasserstein(d_fake),
                 "fm": losses.feature_matching(f_real, f_fake),
                 "moment": losses.moment_matching(real, fake),
+                "acf_abs": losses.abs_return_acf_loss(
+                    losses.decoded_returns(fake, ds["scaler"], r_bound), acf_target.to(device)
+                ),
                 "div": losses.diversity_loss(
                     fake[:half],
                     fake[half:],
@@ -195,11 +231,14 @@ def train(
                 terms["adv"]
                 + cfg["fm_weight"] * terms["fm"]
                 + cfg["moment_weight"] * terms["moment"]
+                + cfg["acf_abs_weight"] * terms["acf_abs"]
                 + cfg["div_weight"] * terms["div"]
             )
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             opt_g.step()
+            if gema is not None:
+                ema_update(gema, gnet, cfg["ema_decay"], step)
             step += 1
 
             row = None
@@ -215,10 +254,10 @@ def train(
                     "elapsed_s": round(time.perf_counter() - t0, 3),
                 }
             if step % int(cfg["eval_every"]) == 0 or step == total:
-                fid = evaluate_fidelity(gnet, ds, cfg, ckpt_like, device)
+                fid = evaluate_fidelity(gnet if gema is None else gema, ds, cfg, ckpt_like, device)
                 row = row or {"step": step}
                 row["fidelity"] = fid
-                if fid < best:
+                if fid < best and (step > select_from or step == total):
                     best = fid
                     save(out_dir / BEST)
             if row is not None:

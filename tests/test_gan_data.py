@@ -32,8 +32,12 @@ def test_real_dataset_split_by_time_and_scaled():
     assert a == 0 and b == c and d == e and f == len(bars["close"])
     assert max(ds["train"]["starts"]) + 16 <= b and min(ds["test"]["starts"]) >= e
     assert np.all(np.isfinite(ds["train"]["x"])) and np.abs(ds["train"]["x"]).max() < 10
-    # launch-week jumps (up to ~23%) are the step bound, the calm test period is far below it
-    assert ds["step_bound"] > 0.1
+    # the max |r| of the training period is a launch-week jump (~23%); the default bound, the
+    # 0.99 quantile, is far below it yet above every move inside a training window
+    full = D.build_dataset(bars, tiny_cfg(window=16, stride=4, step_bound_quantile=1.0))
+    assert full["step_bound"] > 0.1
+    in_windows = np.abs(ds["train"]["raw"][..., 0]).max()
+    assert in_windows <= ds["step_bound"] < 0.05
 
 
 def test_scaler_roundtrip_and_condition_scaler():

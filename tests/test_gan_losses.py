@@ -22,6 +22,9 @@ def _setup():
     return cfg, g, c, z, zg, cond, real
 
 
+_SCALER = {"center": [0.0, 0.0, 5.0, 0.0], "scale": [0.01, 1.0, 1.0, 1.0]}
+
+
 def _term(name, g, c, z, zg, cond, real):
     fake = g(z, cond, zg)
     if name == "adv":
@@ -32,6 +35,10 @@ def _term(name, g, c, z, zg, cond, real):
         return losses.feature_matching(f_real, c(fake, cond)[1])
     if name == "moment":
         return losses.moment_matching(real, fake)
+    if name == "acf_abs":
+        # returns of ~1% per bar, every bar active, a target far from the init's ACF
+        r = losses.decoded_returns(fake, _SCALER, bound=1.0)
+        return losses.abs_return_acf_loss(r, torch.full((5,), 0.3))
     if name == "div":
         h = len(z) // 2
         za = torch.cat([z[:h].flatten(1), zg[:h]], 1)
@@ -40,7 +47,7 @@ def _term(name, g, c, z, zg, cond, real):
     raise AssertionError(name)
 
 
-@pytest.mark.parametrize("name", ["adv", "fm", "moment", "div"])
+@pytest.mark.parametrize("name", ["adv", "fm", "moment", "acf_abs", "div"])
 def test_each_loss_term_moves_the_generator(name):
     cfg, g, c, z, zg, cond, real = _setup()
     loss = _term(name, g, c, z, zg, cond, real)
@@ -93,3 +100,30 @@ def test_critic_wasserstein_and_gp_train_the_critic():
     ) + 10 * losses.gradient_penalty(c, real, fake, cond)
     loss.backward()
     assert all(p.grad is not None for p in c.parameters())
+
+
+def test_acf_term_is_the_validation_metric_on_decoded_returns():
+    # the training term computes the ACF of |r| exactly as validate.acf does, on the returns
+    # decode_features produces (scaling inverted, clipped, zero on empty bars)
+    import numpy as np
+
+    from gan_torch.generate import decode_features
+    from gan_torch.validate import acf
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 1.5, (20, 12, 4)).astype(np.float32)
+    scaler = {"center": [0.0, 1.0, 0.5, 0.0], "scale": [0.004, 1.0, 1.0, 0.01]}
+    ckpt_like = {
+        "scaler": scaler,
+        "config": {"step_bound_mult": 1.0},
+        "data": {"step_bound": 0.02, "feature_max": [np.inf] * 4},
+    }
+    ref = decode_features(x, ckpt_like)[..., 0]
+    assert (ref == 0).any() and (np.abs(ref) == 0.02).any()  # both the mask and the clip act
+    r = losses.decoded_returns(torch.from_numpy(x).double(), scaler, 0.02)
+    np.testing.assert_allclose(r.numpy(), ref, atol=1e-12)
+    np.testing.assert_allclose(
+        losses.window_acf(r.abs(), 10).numpy(), acf(np.abs(ref), 10), atol=1e-10
+    )
+    target = torch.from_numpy(acf(np.abs(ref), 10))
+    assert losses.abs_return_acf_loss(r, target).item() == pytest.approx(0.0, abs=1e-20)
