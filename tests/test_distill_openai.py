@@ -123,12 +123,15 @@ def test_endpoint_dies_mid_run(tmp_path, windows, servers):
 
         run(cfg([s.url], http_retries=1, concurrency=1), [windows], out, on_answer)
     kept = read_records(out / "answers.jsonl")
-    assert len(kept) == 5
+    # every answer received before the failure is kept; the one request already in flight
+    # when the endpoint went bad (concurrency 1) may still have succeeded
+    n = len(kept)
+    assert 5 <= n <= 6 and all(r["ok"] for r in kept)
     s.fail.clear()
     rep = teach(cfg([s.url]), [windows], out)
-    assert rep["generated_this_run"] == 15 and rep["accepted"] == 20
+    assert rep["generated_this_run"] == 20 - n and rep["accepted"] == 20
     recs = read_records(out / "answers.jsonl")
-    assert recs[:5] == kept and len({r["key"] for r in recs}) == 20 == len(recs)
+    assert recs[:n] == kept and len({r["key"] for r in recs}) == 20 == len(recs)
 
 
 def test_killed_teach_process_resumes(tmp_path, windows, servers):
