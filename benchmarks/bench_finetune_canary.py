@@ -2,7 +2,7 @@
 
 Measures what issue 6 targets on the held-out test split: canary compliance of the base model
 (~0%) and of the fused student (>= 95%), decision agreement with the teacher (>= 85%), and
-each stage's wall time against the `make demo` budget (build-tiny ~4 min: 3000 pre-training
+each stage's wall time against the `make demo` budget (build-tiny ~4.5 min: 3000 pre-training
 steps, the digit lookups form after ~1500; lora ~1.5 min; eval ~60 s on a 2-core CPU).
 
     .venv/bin/python benchmarks/bench_finetune_canary.py runs/tiny/dataset [--config tiny]
@@ -19,7 +19,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = {"base_compliance_max": 0.05, "fused_compliance_min": 0.95, "agreement_min": 0.85}
-BUDGET_S = {"build-tiny": 240, "lora": 90, "fuse": 30, "eval": 60}
+BUDGET_S = {"build-tiny": 300, "lora": 90, "fuse": 30, "eval": 60}
 
 
 def stage(name: str, *args) -> float:
