@@ -147,9 +147,8 @@ def system_prompt(style: str = "cod") -> str:
         raise ValueError(f"unknown prompt style {style!r} (known: cod, cot)") from None
 
 
-def messages(state: MarketState, style: str = "cod") -> list[dict[str, str]]:
-    """Chat messages (system + user) for one state."""
-    return [
-        {"role": "system", "content": system_prompt(style)},
-        {"role": "user", "content": format_prompt(state)},
-    ]
+def messages(state: MarketState, style: str = "cod", system: bool = True) -> list[dict[str, str]]:
+    """Chat messages for one state: system (unless ``system`` is false, as for a student
+    trained without one: ``distill.include_system``) + user."""
+    user = [{"role": "user", "content": format_prompt(state)}]
+    return ([{"role": "system", "content": system_prompt(style)}] if system else []) + user

@@ -437,9 +437,7 @@ def generate(
         usdc_balance=usdc_balance,
         window_minutes=window_minutes,
     )
-    msgs = messages(state)
-    if not _include_system(config):  # the student was trained without the system prompt
-        msgs = msgs[1:]
+    msgs = messages(state, system=_include_system(config))
     mdl, tok = load(resolve_model(cfg["base_model"]), adapter_path)
     out = answer(mdl, tok, msgs, cfg["max_tokens"])
     parsed = parse_answer(out["text"])

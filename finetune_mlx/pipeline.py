@@ -26,7 +26,7 @@ from rich.console import Console
 
 from distill.config import DEFAULTS as DISTILL_DEFAULTS
 from finetune_mlx import atomic
-from finetune_mlx.config import SECTIONS, load
+from finetune_mlx.config import SECTIONS, load, section
 from finetune_mlx.errors import UserError
 
 console = Console(stderr=True)
@@ -96,7 +96,8 @@ def plan(cfg: dict[str, Any], run_dir: Path, config_file: Path, source: dict[str
         raise UserError(f"unknown data source {kind!r}")
 
     features = r / "features"
-    cut = {k: sec["distill"].get(k, DISTILL_DEFAULTS[k]) for k in ("real_window_stride", "real_min_active_frac")}
+    distill = section(cfg, "distill", DISTILL_DEFAULTS)
+    cut = {k: distill[k] for k in ("real_window_stride", "real_min_active_frac")}
     stages += [
         Stage("process", "chain", "process", [*c, "--db", str(db), "--out-dir", str(features)],
               [db], [bars, features / "swaps.parquet"], {"chain": sec["chain"]}, "swaps -> market features"),

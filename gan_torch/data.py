@@ -224,7 +224,7 @@ def build_dataset(bars: dict[str, np.ndarray], cfg: dict, source: str = "bars") 
     out["scaler"] = scaler
     out["cond_scaler"] = cond_scaler
     out["feature_max"] = [float(v) for v in feats[lo:hi].max(axis=0)] if hi > lo else [np.inf] * 4
-    out["step_bound"] = step_bound(train_r, cfg.get("step_bound_quantile", 1.0))
+    out["step_bound"] = step_bound(train_r, cfg["step_bound_quantile"])
     liq = bars.get("liquidity")
     out["liquidity"] = float(np.median(liq[active])) if liq is not None and active.any() else 0.0
     out["bar_seconds"] = int(np.median(np.diff(bars["bar_start"]))) if n > 1 else 300

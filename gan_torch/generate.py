@@ -1,10 +1,11 @@
 """Sampling, decoding to market windows, and financial post-processing.
 
 Post-processing does not smooth or replace anything the generator made; it only enforces
-invariants: the log return per bar is clipped to a high quantile (``step_bound_quantile``,
-1.0: the max) of the |returns| seen in the training data (times ``step_bound_mult``), counts and volumes are non-negative, an empty bar
-(swap_count 0) carries the price forward with zero volume, and the price path is
-``start_price * exp(cumsum(r))`` anchored at a real close. Ticks come from the exact
+invariants: the log return per bar is clipped to a high quantile (``step_bound_quantile``;
+1.0: the max) of the |returns| seen in the training data (times ``step_bound_mult``),
+counts and volumes are non-negative, an empty bar (swap_count 0) carries the price forward
+with zero volume, and the price path is ``start_price * exp(cumsum(r))`` anchored at a
+real close. Ticks come from the exact
 TickMath of ``chain.amm`` applied to the sqrtPriceX96 of each close.
 """
 

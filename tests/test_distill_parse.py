@@ -21,7 +21,7 @@ from distill.clean import (
 )
 from distill.config import DEFAULTS
 from distill.parse import CANARIES, parse_answer, split_think, to_canary
-from distill.prompt import MarketState, format_prompt, state_from_window, system_prompt
+from distill.prompt import MarketState, format_prompt, messages, state_from_window, system_prompt
 
 # (raw teacher output, expected decision or None, expected amount, expected reason)
 CORPUS = [
@@ -205,3 +205,10 @@ def test_cod_is_shorter_than_cot():
     s = _state(50, 0.8)
     assert len(rules.cod_answer(s, DEFAULTS).split()) * 2 < len(rules.cot_answer(s, DEFAULTS).split())
     assert set(CANARIES) == {"APE IN", "APE OUT", "APE NEUTRAL"}
+
+
+def test_messages_with_and_without_the_system_prompt():
+    s = MarketState(3000.0, 0.5, 50, 10.0, 30000.0, 0.4, 40, 1.0, 3000.0, 60)
+    full, bare = messages(s), messages(s, system=False)
+    assert [m["role"] for m in full] == ["system", "user"] and full[0]["content"] == system_prompt("cod")
+    assert bare == full[1:] and bare[0]["content"] == format_prompt(s)
