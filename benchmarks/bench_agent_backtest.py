@@ -19,7 +19,7 @@ def main() -> None:
     p.add_argument("--student-steps", type=int, default=20)
     args = p.parse_args()
 
-    from finetune_mlx.blas import ensure_fast_blas
+    from apeagent.blas import ensure_fast_blas
 
     ensure_fast_blas()
     sys.path.insert(0, str(REPO / "tests"))
@@ -27,11 +27,11 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from chain.agent_config import DEFAULTS
-    from chain.backtest import load_rows, run_backtest
-    from chain.decide import HoldPolicy, ModelPolicy, RebalancePolicy, RulesPolicy
+    from agent.backtest import load_rows, run_backtest
+    from agent.config import DEFAULTS
+    from agent.policies import HoldPolicy, ModelPolicy, RebalancePolicy, RulesPolicy
+    from apeagent.files import write_json
     from chain.simulate import simulate
-    from finetune_mlx.atomic import write_json
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -41,7 +41,7 @@ def main() -> None:
         else:
             rows, source = simulate(10_000, seed=0), "simulated"
         load_s = time.perf_counter() - t0
-        cfg = {**DEFAULTS, "interval_minutes": 5, "holdout_fraction": 0.5}
+        cfg = {**DEFAULTS, "interval_minutes": 5, "holdout_frac": 0.5}
         pols = {
             "rules": RulesPolicy(RULES),
             "hold": HoldPolicy(),

@@ -21,7 +21,7 @@ from rich.table import Table
 from chain.collect import CollectSettings, collect
 from chain.csvio import read_swaps_csv
 from chain.devnode import start_devnode
-from chain.process import process
+from chain.features import process
 from chain.simulate import simulate
 from chain.store import Store
 
@@ -158,7 +158,7 @@ def main() -> None:
         "target_met": target,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    from finetune_mlx.atomic import write_json
+    from apeagent.files import write_json
 
     write_json(args.out, result)
     console.print(f"wrote {args.out}")

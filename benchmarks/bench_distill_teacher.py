@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from finetune_mlx.blas import ensure_fast_blas  # noqa: E402
+from apeagent.blas import ensure_fast_blas  # noqa: E402
 
 
 def throughput(model_dir: Path, batch_sizes: list[int], n_prompts: int, max_tokens: int) -> list[dict]:
@@ -115,7 +115,7 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from finetune_mlx.atomic import write_json
+    from apeagent.files import write_json
     from finetune_mlx.tiny import count_parameters
 
     console = Console()

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def worker(steps: int) -> dict:
-    from finetune_mlx.blas import ensure_fast_blas
+    from apeagent.blas import ensure_fast_blas
 
     blas = ensure_fast_blas(announce=False)
     import mlx.core as mx

@@ -19,6 +19,6 @@ if __name__ == "__main__":
     if "--out" not in args:
         args += ["--out", str(ROOT / "runs/bench/gan_devices.json")]
     sys.argv = ["ape-gan", "bench", *args]
-    from finetune_mlx.errors import run_cli
+    from apeagent.cli import run_cli
 
     run_cli(app)

@@ -33,13 +33,13 @@ sys.path.insert(0, str(ROOT))
 def main() -> None:
     from rich.console import Console
 
-    from finetune_mlx.atomic import write_json
-    from finetune_mlx.config import load, section
+    from apeagent.config import load, section
+    from apeagent.files import write_json
     from gan_torch.cli import bars_from_swaps_csv
     from gan_torch.config import DEFAULTS
     from gan_torch.data import read_bars
     from gan_torch.train import train
-    from gan_torch.validation_run import print_table, run_validation
+    from gan_torch.validate import print_table, run_validation
 
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

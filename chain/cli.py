@@ -1,6 +1,6 @@
 """`ape-chain` / `python -m chain`: collect, import, export, process, simulate, snapshot.
 
-Trading-agent commands (backtest, agent) live in their own modules and register on ``app``.
+The trading agent's commands (backtest, trade) are `ape-agent`'s (agent/cli.py).
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from chain.agent_cli import register as register_agent_commands
-from finetune_mlx.errors import UserError, run_cli
+from apeagent.cli import ConfigOpt, RunDirOpt, run_cli
+from apeagent.errors import UserError
+from apeagent.layout import RunLayout
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -22,7 +23,6 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 
-ConfigOpt = typer.Option("tiny", "--config", "-c", help="Preset name (tiny, mac) or YAML path.")
 
 
 @app.callback()
@@ -30,11 +30,10 @@ def _group() -> None:
     """Keep typer in multi-command mode."""
 
 
-def _settings(config: str, overrides: dict) -> tuple[dict, Path]:
-    from chain.config import DEFAULTS
-    from finetune_mlx.config import stage_settings
+def _settings(config: str | None, run_dir: Path | None, overrides: dict) -> tuple[dict, RunLayout]:
+    from apeagent.config import stage_settings
 
-    return stage_settings(config, "chain", DEFAULTS, overrides)
+    return stage_settings(config, run_dir, "chain", overrides)
 
 
 def _block(value: str | int, name: str) -> int | str:
@@ -48,7 +47,7 @@ def _block(value: str | int, name: str) -> int | str:
 
 @app.command()
 def collect(
-    db: Path = typer.Option(None, "--db", help="SQLite event store to fill [run_dir/swaps.db]."),
+    db: Path = typer.Option(None, "--db", help="SQLite event store to fill [RUN/chain/swaps.db]."),
     rpc_url: list[str] = typer.Option(
         None, "--rpc-url", help="Base JSON-RPC URL; repeat for several."
     ),
@@ -74,13 +73,15 @@ def collect(
     ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     config: str = ConfigOpt,
+    run_dir: Path = RunDirOpt,
 ) -> None:
     """eth_getLogs of the pool's Swap events into the SQLite store (resumable, exact)."""
     from chain.collect import CollectError, CollectSettings
     from chain.collect import collect as run_collect
 
-    c, run_dir = _settings(
+    c, run = _settings(
         config,
+        run_dir,
         {
             "rpc_urls": rpc_url or None,
             "from_block": from_block,
@@ -118,7 +119,7 @@ def collect(
         reorg_depth=c["reorg_depth"],
         progress=not quiet,
     )
-    db = db or run_dir / "swaps.db"
+    db = db or run.swaps_db
     try:
         stats = run_collect(db, s, log=lambda m: console.print(m))
     except KeyboardInterrupt:
@@ -141,19 +142,20 @@ def import_csv(
     csv_path: Path = typer.Argument(
         ..., help="Swaps CSV (format of ../shared/data/base_eth_usdc_v4_swaps.csv)."
     ),
-    db: Path = typer.Option(None, "--db", help="SQLite event store [run_dir/swaps.db]."),
+    db: Path = typer.Option(None, "--db", help="SQLite event store [RUN/chain/swaps.db]."),
     pool_id: str = typer.Option(None, "--pool-id"),
     config: str = ConfigOpt,
+    run_dir: Path = RunDirOpt,
 ) -> None:
     """Import a swaps CSV into the store (sorted by block; file order within a block)."""
     from chain.csvio import read_swaps_csv
     from chain.store import Store
 
-    c, run_dir = _settings(config, {"pool_id": pool_id})
+    c, run = _settings(config, run_dir, {"pool_id": pool_id})
     rows = read_swaps_csv(csv_path, pool=c["pool_id"])  # every check before the store is opened
     if not rows:
         raise UserError(f"{csv_path}: no rows")
-    db = db or run_dir / "swaps.db"
+    db = db or run.swaps_db
     source = "simulated" if any(r["sender"] == "simulated" for r in rows) else "csv"
     existed = db.exists()
     with Store(db) as store:
@@ -176,21 +178,22 @@ def import_csv(
 
 @app.command()
 def export(
-    db: Path = typer.Option(None, "--db", help="SQLite event store [run_dir/swaps.db]."),
+    db: Path = typer.Option(None, "--db", help="SQLite event store [RUN/chain/swaps.db]."),
     csv_out: Path = typer.Option(None, "--csv", help="Write the swaps CSV (+ log_index) here."),
     processed: Path = typer.Option(
         None, "--processed", help="Write swaps.parquet + bars.parquet in this dir."
     ),
     bar_seconds: int = typer.Option(None, "--bar-seconds"),
     config: str = ConfigOpt,
+    run_dir: Path = RunDirOpt,
 ) -> None:
     """Export the store as CSV (same columns + log_index) and/or the processed parquet files."""
     from chain.csvio import write_swaps_csv
 
-    c, run_dir = _settings(config, {"bar_seconds": bar_seconds})
+    c, run = _settings(config, run_dir, {"bar_seconds": bar_seconds})
     if csv_out is None and processed is None:
         raise UserError("nothing to export: pass --csv FILE and/or --processed DIR")
-    rows = _store_rows(db or run_dir / "swaps.db")
+    rows = _store_rows(db or run.swaps_db)
     if csv_out is not None:
         n = write_swaps_csv(csv_out, rows)
         console.print(f"{csv_out}: {n} swaps")
@@ -214,8 +217,8 @@ def _store_rows(db: Path) -> list[dict]:
 
 
 def _process_rows(rows: list[dict], out_dir: Path, bar_seconds: int, source: str) -> dict:
-    from chain.process import process as run_process
-    from finetune_mlx.atomic import write_json
+    from apeagent.files import write_json
+    from chain.features import process as run_process
 
     simulated = any(r["sender"] == "simulated" for r in rows)
     t0 = time.perf_counter()
@@ -232,43 +235,46 @@ def _process_rows(rows: list[dict], out_dir: Path, bar_seconds: int, source: str
 
 @app.command()
 def process(
-    db: Path = typer.Option(None, "--db", help="Read swaps from this SQLite store."),
+    db: Path = typer.Option(None, "--db", help="Read swaps from this SQLite store [RUN/chain/swaps.db]."),
     csv_path: Path = typer.Option(None, "--csv", help="Read swaps from this CSV instead."),
     out_dir: Path = typer.Option(
-        None, "--out-dir", help="Where swaps.parquet and bars.parquet go [run_dir]."
+        None, "--out-dir", help="Where swaps.parquet and bars.parquet go [RUN/features]."
     ),
-    bar_seconds: int = typer.Option(None, "--bar-seconds", help="Bar length in seconds [300]."),
+    bar_seconds: int = typer.Option(None, "--bar-seconds", help="Bar length in seconds [market.bar_seconds]."),
     pool_id: str = typer.Option(None, "--pool-id"),
     config: str = ConfigOpt,
+    run_dir: Path = RunDirOpt,
 ) -> None:
     """Swaps -> swaps.parquet (per swap) and bars.parquet (time bars), in chain order."""
     from chain.csvio import read_swaps_csv
 
-    c, run_dir = _settings(config, {"bar_seconds": bar_seconds, "pool_id": pool_id})
-    if (db is None) == (csv_path is None):
-        raise UserError("pass exactly one input: --db STORE or --csv FILE")
+    c, run = _settings(config, run_dir, {"bar_seconds": bar_seconds, "pool_id": pool_id})
+    if db is not None and csv_path is not None:
+        raise UserError("pass one input: --db STORE or --csv FILE")
+    db = db or run.swaps_db
     rows = read_swaps_csv(csv_path, pool=c["pool_id"]) if csv_path else _store_rows(db)
-    _process_rows(rows, out_dir or run_dir, c["bar_seconds"], source=str(csv_path or db))
+    _process_rows(rows, out_dir or run.features, c["bar_seconds"], source=str(csv_path or db))
 
 
 @app.command()
 def simulate(
-    out: Path = typer.Option(None, "--out", help="Swaps CSV to write [run_dir/swaps.csv]."),
+    out: Path = typer.Option(None, "--out", help="Swaps CSV to write [RUN/chain/simulated_swaps.csv]."),
     n_swaps: int = typer.Option(None, "--n-swaps"),
     seed: int = typer.Option(None, "--seed"),
     start_timestamp: int = typer.Option(None, "--start-timestamp"),
     config: str = ConfigOpt,
+    run_dir: Path = RunDirOpt,
 ) -> None:
     """Write SIMULATED swaps (seeded; exact V4 swap math) in the swaps CSV schema."""
     from chain.csvio import write_swaps_csv
     from chain.simulate import simulate as run_simulate
 
-    c, run_dir = _settings(
-        config, {"sim_swaps": n_swaps, "sim_seed": seed, "sim_start_timestamp": start_timestamp}
+    c, run = _settings(
+        config, run_dir, {"sim_swaps": n_swaps, "sim_seed": seed, "sim_start_timestamp": start_timestamp}
     )
     if c["sim_swaps"] < 1:
         raise UserError("--n-swaps must be >= 1")
-    out = out or run_dir / "swaps.csv"
+    out = out or run.simulated_csv
     rows = run_simulate(
         c["sim_swaps"], seed=c["sim_seed"], start_timestamp=c["sim_start_timestamp"]
     )
@@ -282,25 +288,27 @@ def simulate(
 @app.command()
 def snapshot(
     rpc_url: list[str] = typer.Option(None, "--rpc-url", help="Base JSON-RPC URL."),
-    minutes: int = typer.Option(None, "--minutes", help="Window of recent swaps [60]."),
+    minutes: int = typer.Option(None, "--minutes", help="Window of recent swaps [market.window_bars bars]."),
     pool_id: str = typer.Option(None, "--pool-id"),
     allow_chain_id: int = typer.Option(None, "--allow-chain-id"),
     out: Path = typer.Option(None, "--out", help="Write the JSON here (default: stdout)."),
     config: str = ConfigOpt,
+    run_dir: Path = RunDirOpt,
 ) -> None:
     """Live pool state (StateView getSlot0 + getLiquidity) and last-N-minutes metrics as JSON."""
+    from apeagent.config import window_minutes
+    from apeagent.files import write_json
     from chain.snapshot import snapshot as run_snapshot
-    from finetune_mlx.atomic import write_json
 
     c, _ = _settings(
-        config, {"rpc_urls": rpc_url or None, "snapshot_minutes": minutes, "pool_id": pool_id}
+        config, run_dir, {"rpc_urls": rpc_url or None, "pool_id": pool_id}
     )
     if not c["rpc_urls"]:
         raise UserError("no RPC endpoint: pass --rpc-url URL")
     snap = run_snapshot(
         c["rpc_urls"],
         pool_id=c["pool_id"],
-        minutes=c["snapshot_minutes"],
+        minutes=minutes or window_minutes(c),
         allow_chain_id=allow_chain_id,
         timeout_s=c["timeout_s"],
         max_retries=min(c["max_retries"], 5),
@@ -310,10 +318,6 @@ def snapshot(
         console.print(f"{out}: pool snapshot at block {snap['block_number']}")
     else:
         print(json.dumps(snap, indent=2))
-
-
-# the trading agent's commands (backtest, agent) live in their own modules
-register_agent_commands(app)
 
 
 def main() -> None:

@@ -28,13 +28,14 @@ from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import requests
 from eth_utils import to_checksum_address
 from web3 import HTTPProvider, Web3
 from web3.exceptions import Web3RPCError
 
+from apeagent.errors import UserError
+from apeagent.redact import redact_url
 from chain.pool import (
     BASE_CHAIN_ID,
     ETH_USDC_POOL_ID,
@@ -49,7 +50,6 @@ from chain.pool import (
     norm_hex32,
 )
 from chain.store import Store
-from finetune_mlx.errors import UserError
 
 RANGE_ERROR_WORDS = (
     "range too large",
@@ -62,12 +62,6 @@ RANGE_ERROR_WORDS = (
     "limit",
     "too large",
 )
-
-
-def redact(url: str) -> str:
-    """scheme://host[:port] only: provider URLs often carry an API key in the path or query."""
-    u = urlparse(url)
-    return f"{u.scheme}://{u.hostname}{f':{u.port}' if u.port else ''}" if u.hostname else "<rpc>"
 
 
 class RangeTooLarge(Exception):
@@ -224,31 +218,31 @@ class Client:
                 status = e.response.status_code if e.response is not None else 0
                 if status == 429:
                     wait_s = _retry_after(e.response)
-                    last = f"HTTP 429 from {redact(url)}"
+                    last = f"HTTP 429 from {redact_url(url)}"
                     self._count("http_429")
                 elif status >= 500:
-                    last = f"HTTP {status} from {redact(url)}"
+                    last = f"HTTP {status} from {redact_url(url)}"
                     self._count("http_5xx")
                 else:
-                    raise CollectError(f"{what}: HTTP {status} from {redact(url)}") from None
+                    raise CollectError(f"{what}: HTTP {status} from {redact_url(url)}") from None
             except requests.Timeout:
-                last = f"timeout after {self.s.timeout_s}s from {redact(url)}"
+                last = f"timeout after {self.s.timeout_s}s from {redact_url(url)}"
                 self._count("timeout")
             except requests.ConnectionError:
-                last = f"cannot connect to {redact(url)}"
+                last = f"cannot connect to {redact_url(url)}"
                 self._count("connection")
             except Web3RPCError as e:
                 msg = _rpc_message(e)
                 low = msg.lower()
                 if "rate" in low and "limit" in low:
-                    last = f"rate limited by {redact(url)}: {msg}"
+                    last = f"rate limited by {redact_url(url)}: {msg}"
                     self._count("rpc_rate_limit")
                 elif any(w in low for w in RANGE_ERROR_WORDS):
                     raise RangeTooLarge(msg) from None
                 else:
-                    raise CollectError(f"{what}: RPC error from {redact(url)}: {msg}") from None
+                    raise CollectError(f"{what}: RPC error from {redact_url(url)}: {msg}") from None
             except ValueError as e:  # malformed JSON body (web3 raises a ValueError subclass)
-                last = f"malformed response from {redact(url)}: {str(e)[:80]}"
+                last = f"malformed response from {redact_url(url)}: {str(e)[:80]}"
                 self._count("malformed")
             if attempt == retries:
                 break
@@ -425,7 +419,7 @@ def collect(db: str | Path, s: CollectSettings, log: Callable[[str], None] = pri
     try:
         chain_id, head = check_chain(client, s)
     except CollectError as e:
-        raise UserError(f"cannot use RPC {', '.join(map(redact, s.rpc_urls))}: {e}") from None
+        raise UserError(f"cannot use RPC {', '.join(map(redact_url, s.rpc_urls))}: {e}") from None
     db = Path(db)
     existed = db.exists()
     store = Store(db)

@@ -17,9 +17,9 @@ from typing import Any
 
 from eth_utils import is_address, to_checksum_address
 
+from apeagent.errors import UserError
+from apeagent.files import atomic_path
 from chain.pool import ETH_USDC_POOL_ID, SIMULATED, norm_hex32
-from finetune_mlx.atomic import atomic_path
-from finetune_mlx.errors import UserError
 
 CSV_COLUMNS = (
     "block_number",

@@ -6,6 +6,8 @@ import math
 import time
 from typing import Any
 
+from apeagent.errors import UserError
+from apeagent.redact import redact_url
 from chain.amm import price_from_sqrt_price_x96
 from chain.collect import (
     BlockCache,
@@ -18,10 +20,8 @@ from chain.collect import (
     check_chain,
     fetch_chunk,
     pool_state,
-    redact,
 )
 from chain.pool import ETH_USDC_POOL_ID, norm_hex32
-from finetune_mlx.errors import UserError
 
 BLOCK_SECONDS = 2
 
@@ -105,7 +105,7 @@ def snapshot(
             if e["timestamp"] >= head_ts - minutes * 60
         ]
     except CollectError as e:
-        raise UserError(f"cannot use RPC {', '.join(map(redact, rpc_urls))}: {e}") from None
+        raise UserError(f"cannot use RPC {', '.join(map(redact_url, rpc_urls))}: {e}") from None
     price = price_from_sqrt_price_x96(state["sqrt_price_x96"])
     return {
         "chain_id": chain_id,

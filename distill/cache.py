@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from finetune_mlx.errors import UserError
+from apeagent.errors import UserError
 
 
 def answer_key(messages: list[dict], teacher: str, model: str, settings: dict) -> str:

@@ -9,7 +9,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from finetune_mlx.errors import UserError, run_cli
+from apeagent.cli import ConfigOpt, RunDirOpt, run_cli
+from apeagent.errors import UserError
+from apeagent.layout import RunLayout
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -24,19 +26,22 @@ def _group() -> None:
     """Keep typer in multi-command mode."""
 
 
-def _cfg(config: str, overrides: dict) -> dict:
-    from distill.config import DEFAULTS
-    from finetune_mlx.config import load, section
+def _cfg(config: str | None, run_dir: Path | None, overrides: dict) -> tuple[dict, RunLayout]:
+    from apeagent.config import stage_settings
 
-    return section(load(config), "distill", DEFAULTS, overrides)
+    return stage_settings(config, run_dir, "distill", overrides)
 
 
 @app.command()
 def teach(
-    windows: list[Path] = typer.Option(..., "--windows", "-w", help="windows.parquet or bars.parquet (repeatable)"),
-    out_dir: Path = typer.Option(..., "--out-dir", "-o", help="answers.jsonl (cache) and teacher_report.json go here"),
+    windows: list[Path] = typer.Option(
+        None, "--windows", "-w",
+        help="windows.parquet or bars.parquet (repeatable) [RUN/synthetic/windows.parquet + RUN/features/real_windows.parquet]",
+    ),
+    out_dir: Path = typer.Option(None, "--out-dir", "-o", help="answers.jsonl (cache) and teacher_report.json [RUN/teacher]"),
     more: list[Path] = typer.Argument(None, help="more windows files (after --windows)", show_default=False),
-    config: str = typer.Option("tiny", "--config", "-c", help="preset name or YAML path"),
+    config: str = ConfigOpt,
+    run_dir: Path = RunDirOpt,
     teacher: str = typer.Option(None, help="rules | mlx | openai"),
     style: str = typer.Option(None, help="cod (Chain of Draft) | cot (chain of thought)"),
     model: str = typer.Option(None, help="mlx: HF repo or model dir; openai: model name"),
@@ -54,8 +59,9 @@ def teach(
     tokenizer: str = typer.Option(None, help="model dir whose tokenizer counts output tokens"),
 ) -> None:
     """Ask the teacher about every (window, random portfolio); answers are cached and resumable."""
-    cfg = _cfg(
+    cfg, run = _cfg(
         config,
+        run_dir,
         {
             "teacher": teacher, "style": style, "model": model, "base_urls": base_url or None,
             "api_key_env": api_key_env, "concurrency": concurrency, "batch_size": batch_size,
@@ -65,10 +71,10 @@ def teach(
         },
     )
     if cfg["teacher"] == "mlx":
-        from finetune_mlx.blas import ensure_fast_blas
+        from apeagent.blas import ensure_fast_blas
 
         ensure_fast_blas()
-    from distill.teach import teach as run
+    from distill.teach import teach as run_teach
 
     with Progress(
         TextColumn("[bold]teacher[/] " + cfg["teacher"]), BarColumn(), MofNCompleteColumn(),
@@ -79,7 +85,10 @@ def teach(
         def on_answer(done: int, total: int) -> None:
             progress.update(task, completed=done, total=total)
 
-        rep = run(cfg, [str(w) for w in [*windows, *(more or [])]], out_dir, on_answer)
+        paths = [*(windows or []), *(more or [])] or [p for p in (run.synthetic_windows, run.real_windows) if p.exists()]
+        if not paths:
+            raise UserError(f"no windows: pass --windows FILE (none in {run.root})")
+        rep = run_teach(cfg, [str(w) for w in paths], out_dir or run.teacher, on_answer)
     _print_teach(rep)
 
 
@@ -106,10 +115,11 @@ def _print_teach(rep: dict) -> None:
 
 @app.command()
 def dataset(
-    answers: list[Path] = typer.Option(..., "--answers", "-a", help="answers.jsonl (repeatable)"),
-    out_dir: Path = typer.Option(..., "--out-dir", "-o", help="train/valid/test.jsonl go here"),
+    answers: list[Path] = typer.Option(None, "--answers", "-a", help="answers.jsonl (repeatable) [RUN/teacher/answers.jsonl]"),
+    out_dir: Path = typer.Option(None, "--out-dir", "-o", help="train/valid/test.jsonl go here [RUN/dataset]"),
     more: list[Path] = typer.Argument(None, help="more answers files (after --answers)", show_default=False),
-    config: str = typer.Option("tiny", "--config", "-c", help="preset name or YAML path"),
+    config: str = ConfigOpt,
+    run_dir: Path = RunDirOpt,
     fmt: str = typer.Option(None, "--format", help="chat | completions"),
     rebalance: str = typer.Option(None, help="none | downsample | upsample (train only)"),
     valid_fraction: float = typer.Option(None),
@@ -121,14 +131,16 @@ def dataset(
     """Build the student's mlx-lm dataset from accepted teacher answers."""
     from distill.dataset import build_dataset
 
-    cfg = _cfg(
+    cfg, run = _cfg(
         config,
+        run_dir,
         {
             "format": fmt, "rebalance": rebalance, "valid_fraction": valid_fraction,
             "test_fraction": test_fraction, "include_system": system, "max_seq_length": max_seq_length,
         },
     )
-    rep = build_dataset(cfg, [*answers, *(more or [])], out_dir, tokenizer)
+    out_dir = out_dir or run.dataset
+    rep = build_dataset(cfg, [*(answers or []), *(more or [])] or [run.answers], out_dir, tokenizer)
     t = Table(title=f"dataset ({rep['format']}) -> {out_dir}")
     t.add_column("split")
     t.add_column("examples", justify="right")
@@ -146,10 +158,11 @@ def dataset(
 
 @app.command()
 def check(
-    dataset_dir: Path = typer.Option(..., "--dataset", "-d", help="dir with train/valid/test.jsonl"),
-    tokenizer: Path = typer.Option(..., "--tokenizer", "--model", help="student model dir"),
+    dataset_dir: Path = typer.Option(None, "--dataset", "-d", help="dir with train/valid/test.jsonl [RUN/dataset]"),
+    tokenizer: Path = typer.Option(None, "--tokenizer", "--model", help="student model dir [RUN/student/base]"),
     max_seq_length: int = typer.Option(None),
-    config: str = typer.Option("tiny", "--config", "-c"),
+    config: str = ConfigOpt,
+    run_dir: Path = RunDirOpt,
 ) -> None:
     """Check an existing dataset against a student's tokenizer and the canary rules."""
     import json
@@ -158,7 +171,8 @@ def check(
     from distill.dataset import SPLITS, token_lengths
     from distill.parse import parse_answer
 
-    cfg = _cfg(config, {"max_seq_length": max_seq_length})
+    cfg, run = _cfg(config, run_dir, {"max_seq_length": max_seq_length})
+    dataset_dir, tokenizer = dataset_dir or run.dataset, tokenizer or run.student_base
     limit = cfg["max_seq_length"]
     t = Table(title=f"check {dataset_dir} (max_seq_length {limit})")
     for col in ("split", "examples", "max tokens", "over limit", "bad answers"):
@@ -190,9 +204,10 @@ def check(
 
 @app.command()
 def show(
-    windows: Path = typer.Option(..., "--windows", "-w", help="windows.parquet or bars.parquet"),
+    windows: Path = typer.Option(None, "--windows", "-w", help="windows.parquet or bars.parquet [RUN/features/bars.parquet]"),
     n: int = typer.Option(3, help="how many windows"),
-    config: str = typer.Option("tiny", "--config", "-c"),
+    config: str = ConfigOpt,
+    run_dir: Path = RunDirOpt,
     style: str = typer.Option(None, help="cod | cot"),
 ) -> None:
     """Print the prompts and the rules teacher's answers for the first windows."""
@@ -200,7 +215,8 @@ def show(
     from distill.prompt import format_prompt, system_prompt
     from distill.windows import load_windows, states
 
-    cfg = _cfg(config, {"style": style})
+    cfg, run = _cfg(config, run_dir, {"style": style})
+    windows = windows or run.bars
     print(f"[system]\n{system_prompt(cfg['style'])}\n")
     for w, state in states(load_windows([windows], cfg["window_bars"], n), cfg):
         print(f"[window {w.window_id}]\n{format_prompt(state)}\n[rules]\n{rules.answer(state, cfg, cfg['style'])}\n")

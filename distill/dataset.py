@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
+from apeagent.errors import UserError
+from apeagent.files import write_json, write_jsonl
 from distill.cache import read_records
 from distill.clean import has_plain_decision
 from distill.config import FORMATS, REBALANCE
 from distill.parse import CANARIES, parse_answer
-from finetune_mlx.atomic import write_json, write_jsonl
-from finetune_mlx.errors import UserError
 
 SPLITS = ("train", "valid", "test")
 REPORT = "dataset_report.json"

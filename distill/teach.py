@@ -14,14 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from apeagent.errors import UserError
+from apeagent.files import write_json
 from distill.cache import AnswerStore, answer_key
 from distill.clean import clean_answer
 from distill.config import STYLES
 from distill.prompt import MarketState, format_prompt, system_prompt
 from distill.teachers import Request, make_teacher
 from distill.windows import Window, load_windows, states
-from finetune_mlx.atomic import write_json
-from finetune_mlx.errors import UserError
 
 ANSWERS = "answers.jsonl"
 REPORT = "teacher_report.json"

@@ -31,9 +31,9 @@ from dataclasses import dataclass
 from http.client import HTTPException
 from pathlib import Path
 
+from apeagent.errors import UserError
 from distill import rules
 from distill.prompt import MarketState
-from finetune_mlx.errors import UserError
 
 
 class TeacherError(UserError):

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from apeagent.errors import UserError
 from distill.prompt import WINDOW_COLUMNS, MarketState, state_from_window
-from finetune_mlx.errors import UserError
 
 
 @dataclass
@@ -136,5 +136,5 @@ def states(windows: list[Window], cfg: dict) -> list[tuple[Window, MarketState]]
         price = float(w.columns["close"][-1])
         for j in range(cfg["portfolios_per_window"]):
             eth, usdc = draw_portfolio(w, j, price, cfg)
-            out.append((w, state_from_window(w.columns, eth, usdc, cfg["bar_minutes"])))
+            out.append((w, state_from_window(w.columns, eth, usdc, (cfg["bar_seconds"] // 60))))
     return out

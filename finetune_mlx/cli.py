@@ -13,7 +13,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from finetune_mlx.errors import UserError, run_cli
+from apeagent.cli import ConfigOpt, RunDirOpt, run_cli
+from apeagent.errors import UserError
+from apeagent.layout import RunLayout
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -23,7 +25,6 @@ app = typer.Typer(
 console = Console()
 
 _ENV_STATUS = "APE_LAUNCH_STATUS"
-ConfigOpt = typer.Option("tiny", "--config", "-c", help="Preset name (tiny, mac) or YAML path.")
 
 
 @app.callback()
@@ -31,25 +32,26 @@ def _group() -> None:
     """Keep typer in multi-command mode."""
 
 
-def _settings(config: str, overrides: dict) -> tuple[dict, Path]:
-    """The finetune section (defaults < file < flags) and the run dir."""
-    from finetune_mlx.config import stage_settings
-    from finetune_mlx.train_config import DEFAULTS
+def _settings(config: str | None, run_dir: Path | None, overrides: dict) -> tuple[dict, RunLayout]:
+    """The finetune section (defaults < file < flags) and the run layout. An empty
+    ``base_model`` (the tiny preset) is the run's own ``student/base`` (``build-tiny``)."""
+    from apeagent.config import stage_settings
 
-    return stage_settings(config, "finetune", DEFAULTS, overrides)
+    cfg, run = stage_settings(config, run_dir, "finetune", overrides)
+    cfg["base_model"] = cfg["base_model"] or str(run.student_base)
+    return cfg, run
 
 
-def _include_system(config: str) -> bool:
-    from distill.config import DEFAULTS as DISTILL_DEFAULTS
-    from finetune_mlx.config import load, section
+def _include_system(config: str | None, run_dir: Path | None) -> bool:
+    from apeagent.config import config_for, load, section
 
-    return section(load(config), "distill", DISTILL_DEFAULTS)["include_system"]
+    return section(load(config_for(config, run_dir)), "distill")["include_system"]
 
 
 @app.command()
 def doctor() -> None:
     """Print versions, devices (torch, MLX), the BLAS in use and whether ../shared data is present."""
-    from finetune_mlx.doctor import report
+    from apeagent.doctor import report
 
     table = Table(title="apeagent doctor")
     table.add_column("what")
@@ -62,10 +64,11 @@ def doctor() -> None:
 @app.command("build-tiny")
 def build_tiny_cmd(
     data: Path = typer.Option(
-        None, "--data", help="Dataset dir with train/valid .jsonl [run_dir/dataset]."
+        None, "--data", help="Dataset dir with train/valid .jsonl [RUN/dataset]."
     ),
-    out: Path = typer.Option(None, "--out", help="Model dir to write [run_dir/student/base]."),
+    out: Path = typer.Option(None, "--out", help="Model dir to write [RUN/student/base]."),
     config: str = ConfigOpt,
+    run_dir: Path = RunDirOpt,
     hidden_size: int = typer.Option(None, help="finetune.tiny_hidden_size"),
     num_layers: int = typer.Option(None, help="finetune.tiny_num_layers"),
     vocab_size: int = typer.Option(None, help="finetune.tiny_vocab_size"),
@@ -75,13 +78,14 @@ def build_tiny_cmd(
     seed: int = typer.Option(None, help="finetune.seed"),
 ) -> None:
     """Build the offline tiny qwen2 student from a dataset (tokenizer + brief plain-word pre-training)."""
-    from finetune_mlx.blas import ensure_fast_blas
+    from apeagent.blas import ensure_fast_blas
 
     ensure_fast_blas()
     from finetune_mlx.data import load_splits
 
-    cfg, run_dir = _settings(
+    cfg, run = _settings(
         config,
+        run_dir,
         {
             "tiny_hidden_size": hidden_size,
             "tiny_num_layers": num_layers,
@@ -90,8 +94,8 @@ def build_tiny_cmd(
             "seed": seed,
         },
     )
-    data = data or run_dir / "dataset"
-    out = out or run_dir / "student" / "base"
+    data = data or run.dataset
+    out = out or run.student_base
     splits = load_splits(data, ("train", "valid"))
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -208,12 +212,13 @@ def lora(
         None, "--model", help="Base model dir (or cached HF repo) [finetune.base_model]."
     ),
     data: Path = typer.Option(
-        None, "--data", help="Dataset dir with train/valid .jsonl [run_dir/dataset]."
+        None, "--data", help="Dataset dir with train/valid .jsonl [RUN/dataset]."
     ),
     adapter_path: Path = typer.Option(
-        None, "--adapter-path", help="Adapter dir to write [run_dir/student/adapters]."
+        None, "--adapter-path", help="Adapter dir to write [RUN/student/adapters]."
     ),
     config: str = ConfigOpt,
+    run_dir: Path = RunDirOpt,
     fine_tune_type: str = typer.Option(None, help="lora | dora | full"),
     iters: int = typer.Option(None),
     batch_size: int = typer.Option(None),
@@ -253,19 +258,19 @@ def lora(
         "seed": seed,
         "num_processes": num_processes,
     }
-    cfg, run_dir = _settings(config, overrides)
+    cfg, run = _settings(config, run_dir, overrides)
     if (cfg["num_processes"] > 1 or hostfile is not None) and "MLX_RANK" not in os.environ:
         raise typer.Exit(_launch(cfg["num_processes"], hostfile))
-    from finetune_mlx.blas import ensure_fast_blas
+    from apeagent.blas import ensure_fast_blas
 
     ensure_fast_blas()
-    from finetune_mlx.models import resolve_model
+    from finetune_mlx.model_dir import resolve_model
     from finetune_mlx.train import train
 
     report = train(
         resolve_model(cfg["base_model"]),
-        data or run_dir / "dataset",
-        adapter_path or run_dir / "student" / "adapters",
+        data or run.dataset,
+        adapter_path or run.adapters,
         cfg,
         resume_adapter_file=resume_adapter_file,
     )
@@ -273,7 +278,7 @@ def lora(
         Path(os.environ[_ENV_STATUS], f"rank{report['rank']}.ok").touch()
     if report["rank"] == 0:
         console.print(
-            f"adapters: {adapter_path or run_dir / 'student' / 'adapters'}  "
+            f"adapters: {adapter_path or run.adapters}  "
             f"train loss {report['final_train_loss']:.3f}  val loss {report['final_val_loss']:.3f}  "
             f"{report['tokens_per_second']} tok/s  {report['seconds']} s"
         )
@@ -283,28 +288,29 @@ def lora(
 def fuse(
     model: str = typer.Option(None, "--model", help="Base model dir [finetune.base_model]."),
     adapter_path: Path = typer.Option(
-        None, "--adapter-path", help="Adapter dir [run_dir/student/adapters]."
+        None, "--adapter-path", help="Adapter dir [RUN/student/adapters]."
     ),
     out: Path = typer.Option(
-        None, "--out", help="Fused model dir to write [run_dir/student/fused]."
+        None, "--out", help="Fused model dir to write [RUN/student/fused]."
     ),
     dequantize: bool = typer.Option(
         False, "--dequantize", help="Write float weights (from a quantized base)."
     ),
     config: str = ConfigOpt,
+    run_dir: Path = RunDirOpt,
 ) -> None:
     """Fuse adapters into the base model: an MLX model dir for mlx_lm.load / mlx_lm.generate."""
-    from finetune_mlx.blas import ensure_fast_blas
+    from apeagent.blas import ensure_fast_blas
 
     ensure_fast_blas()
     from finetune_mlx.fuse import fuse as fuse_model
-    from finetune_mlx.models import resolve_model
+    from finetune_mlx.model_dir import resolve_model
 
-    cfg, run_dir = _settings(config, {"base_model": model})
+    cfg, run = _settings(config, run_dir, {"base_model": model})
     path = fuse_model(
         resolve_model(cfg["base_model"]),
-        adapter_path or run_dir / "student" / "adapters",
-        out or run_dir / "student" / "fused",
+        adapter_path or run.adapters,
+        out or run.fused,
         dequantize=dequantize,
     )
     console.print(f"wrote {path}")
@@ -352,27 +358,28 @@ def eval_cmd(
     ),
     fused: Path = typer.Option(None, "--fused", help="Fused model dir (adds fused)."),
     data: Path = typer.Option(
-        None, "--data", help="Dataset dir; test.jsonl is used [run_dir/dataset]."
+        None, "--data", help="Dataset dir; test.jsonl is used [RUN/dataset]."
     ),
     test_file: Path = typer.Option(None, "--test-file", help="A test .jsonl instead of --data."),
-    out: Path = typer.Option(None, "--out", help="eval.json to write [run_dir/student/eval.json]."),
+    out: Path = typer.Option(None, "--out", help="eval.json to write [RUN/eval/eval.json]."),
     limit: int = typer.Option(None, help="finetune.eval_limit (0: all test examples)"),
     max_tokens: int = typer.Option(None, help="finetune.max_tokens"),
     no_base: bool = typer.Option(False, "--no-base", help="Skip the base model."),
     config: str = ConfigOpt,
+    run_dir: Path = RunDirOpt,
 ) -> None:
     """Canary compliance, decision agreement, format, tokens/s, latency: base vs adapter vs fused."""
-    from finetune_mlx.blas import ensure_fast_blas
+    from apeagent.blas import ensure_fast_blas
 
     ensure_fast_blas()
     from rich.progress import Progress
 
-    from finetune_mlx.atomic import write_json
+    from apeagent.files import write_json
     from finetune_mlx.evaluate import evaluate
-    from finetune_mlx.models import resolve_model
+    from finetune_mlx.model_dir import resolve_model
 
-    cfg, run_dir = _settings(
-        config, {"base_model": model, "eval_limit": limit, "max_tokens": max_tokens}
+    cfg, run = _settings(
+        config, run_dir, {"base_model": model, "eval_limit": limit, "max_tokens": max_tokens}
     )
     variants: dict = {}
     if not no_base or adapter_path is not None:
@@ -385,8 +392,8 @@ def eval_cmd(
         variants["fused"] = (fused, None)
     if not variants:
         raise UserError("nothing to evaluate (drop --no-base or give --adapter-path / --fused)")
-    test = test_file or (data or run_dir / "dataset") / "test.jsonl"
-    out = out or run_dir / "student" / "eval.json"
+    test = test_file or (data / "test.jsonl" if data else run.split("test"))
+    out = out or run.eval_json
     with Progress(console=console) as progress:
         report = evaluate(
             test, variants, max_tokens=cfg["max_tokens"], limit=cfg["eval_limit"], progress=progress
@@ -399,7 +406,7 @@ def eval_cmd(
 @app.command()
 def generate(
     model: str = typer.Option(
-        None, "--model", help="Model dir (base or fused) [finetune.base_model]."
+        None, "--model", help="Model dir (base or fused) [RUN/student/fused, else finetune.base_model]."
     ),
     adapter_path: Path = typer.Option(None, "--adapter-path", help="Optional adapter dir."),
     price: float = typer.Option(3000.0, help="USDC per ETH at the end of the window."),
@@ -412,9 +419,10 @@ def generate(
     window_minutes: int = typer.Option(60),
     max_tokens: int = typer.Option(None, help="finetune.max_tokens"),
     config: str = ConfigOpt,
+    run_dir: Path = RunDirOpt,
 ) -> None:
     """Answer one trading prompt (built by distill's prompt function); show the parsed decision."""
-    from finetune_mlx.blas import ensure_fast_blas
+    from apeagent.blas import ensure_fast_blas
 
     ensure_fast_blas()
     import math
@@ -422,9 +430,11 @@ def generate(
     from distill.parse import parse_answer
     from distill.prompt import LN_TICK, MarketState, messages
     from finetune_mlx.evaluate import answer
-    from finetune_mlx.models import load, resolve_model
+    from finetune_mlx.model_dir import load, resolve_model
 
-    cfg, _ = _settings(config, {"base_model": model, "max_tokens": max_tokens})
+    cfg, run = _settings(config, run_dir, {"base_model": model, "max_tokens": max_tokens})
+    if model is None and adapter_path is None and run.fused.is_dir():
+        cfg["base_model"] = str(run.fused)  # the run's fine-tuned student
     state = MarketState(
         price=price,
         change_pct=change_pct,
@@ -437,7 +447,7 @@ def generate(
         usdc_balance=usdc_balance,
         window_minutes=window_minutes,
     )
-    msgs = messages(state, system=_include_system(config))
+    msgs = messages(state, system=_include_system(config, run_dir))
     mdl, tok = load(resolve_model(cfg["base_model"]), adapter_path)
     out = answer(mdl, tok, msgs, cfg["max_tokens"])
     parsed = parse_answer(out["text"])
@@ -465,7 +475,7 @@ def export_hf_cmd(
     dtype: str = typer.Option("float16", help="float16 | bfloat16 | float32"),
 ) -> None:
     """MLX model -> Hugging Face transformers dir (dequantized), loadable by PyTorch."""
-    from finetune_mlx.blas import ensure_fast_blas
+    from apeagent.blas import ensure_fast_blas
 
     ensure_fast_blas()
     from finetune_mlx.export_hf import export_hf
@@ -485,7 +495,7 @@ def export_gguf_cmd(
     num_ctx: int | None = typer.Option(None, help="Modelfile num_ctx (default min(context, 4096))"),
 ) -> None:
     """MLX model -> qwen2 GGUF (llama.cpp, Ollama) + an Ollama Modelfile."""
-    from finetune_mlx.blas import ensure_fast_blas
+    from apeagent.blas import ensure_fast_blas
 
     ensure_fast_blas()
     from finetune_mlx.export_gguf import dataset_system_prompt, export_gguf

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from finetune_mlx.errors import UserError
+from apeagent.errors import UserError
 
 SPLITS = ("train", "valid", "test")
 

@@ -84,7 +84,7 @@ def evaluate(
     progress=None,
 ) -> dict[str, Any]:
     """``variants``: name -> (model dir, adapter dir or None). Returns the eval report."""
-    from finetune_mlx.models import check_adapter, check_model_dir, load
+    from finetune_mlx.model_dir import check_adapter, check_model_dir, load
 
     test_file = Path(test_file)
     rows = read_split(test_file)

@@ -23,8 +23,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from finetune_mlx.atomic import atomic_path, write_text
-from finetune_mlx.errors import UserError
+from apeagent.errors import UserError
+from apeagent.files import atomic_path, write_text
 from finetune_mlx.export_hf import float_weights, read_config
 
 # name -> (GGMLQuantizationType name, LlamaFileType name)

@@ -18,9 +18,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from finetune_mlx.atomic import atomic_dir
-from finetune_mlx.errors import UserError
-from finetune_mlx.models import check_model_dir
+from apeagent.errors import UserError
+from apeagent.files import atomic_dir
+from finetune_mlx.model_dir import check_model_dir
 
 SUPPORTED_MODEL_TYPES = ("qwen2",)
 

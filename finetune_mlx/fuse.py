@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from finetune_mlx.atomic import atomic_dir
-from finetune_mlx.models import check_adapter, check_model_dir, fingerprint
+from apeagent.files import atomic_dir
+from finetune_mlx.model_dir import check_adapter, check_model_dir, fingerprint
 
 
 def fuse(

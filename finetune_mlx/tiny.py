@@ -27,7 +27,7 @@ import numpy as np
 from mlx.utils import tree_flatten
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from finetune_mlx.atomic import atomic_dir
+from apeagent.files import atomic_dir
 
 IM_START, IM_END, EOT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
 SPECIAL_TOKENS = [EOT, IM_START, IM_END]

@@ -24,11 +24,11 @@ import numpy as np
 import yaml
 from mlx.utils import tree_flatten
 
-from finetune_mlx.atomic import atomic_path, write_json, write_text
+from apeagent.errors import UserError
+from apeagent.files import atomic_path, write_json, write_text
 from finetune_mlx.canary import canary_token_sequences, make_loss
 from finetune_mlx.data import check_lengths, load_splits
-from finetune_mlx.errors import UserError
-from finetune_mlx.models import arch_of, check_model_dir, fingerprint
+from finetune_mlx.model_dir import arch_of, check_model_dir, fingerprint
 
 FINE_TUNE_TYPES = ("lora", "dora", "full")
 SCHEDULES = ("cosine_decay", "linear_schedule", "constant")
@@ -172,7 +172,7 @@ def train(
         resume_adapter_file is not None
         and (Path(resume_adapter_file).parent / "adapter_config.json").is_file()
     ):
-        from finetune_mlx.models import check_adapter
+        from finetune_mlx.model_dir import check_adapter
 
         check_adapter(Path(resume_adapter_file).parent, model_dir)
 

@@ -63,7 +63,7 @@ def time_training(bars: dict, cfg: dict, device: str, impl: str, steps: int) -> 
 def time_generation(cfg: dict, device: str, n: int = 256, reps: int = 3) -> float:
     torch.manual_seed(0)
     g = Generator(cfg).to(device).eval()
-    z = torch.randn(n, cfg["window"], cfg["noise_dim"], device=device)
+    z = torch.randn(n, cfg["window_bars"], cfg["noise_dim"], device=device)
     zg = torch.randn(n, cfg["noise_dim"], device=device)
     c = torch.zeros(n, 3, device=device)
     with torch.no_grad():
@@ -103,7 +103,7 @@ def device_bench(bars: dict, cfg: dict, devices: list[str], steps: int = 20) -> 
         "config": {
             k: cfg[k]
             for k in (
-                "window",
+                "window_bars",
                 "d_model",
                 "num_heads",
                 "num_layers",

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from finetune_mlx.atomic import atomic_path
-from finetune_mlx.errors import UserError
+from apeagent.errors import UserError
+from apeagent.files import atomic_path
 from gan_torch.config import ARCH_KEYS, DEFAULTS
 
 FORMAT = "ape-gan/1"

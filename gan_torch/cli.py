@@ -10,7 +10,9 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from finetune_mlx.errors import UserError, run_cli
+from apeagent.cli import ConfigOpt, RunDirOpt, run_cli
+from apeagent.errors import UserError
+from apeagent.layout import RunLayout
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -19,7 +21,6 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 SHARED_CSV = Path("../shared/data/base_eth_usdc_v4_swaps.csv")
-ConfigOpt = typer.Option("tiny", "--config", "-c", help="Preset name (tiny, mac) or YAML path.")
 
 
 @app.callback()
@@ -27,11 +28,10 @@ def _group() -> None:
     """Keep typer in multi-command mode."""
 
 
-def _cfg(config: str, overrides: dict) -> tuple[dict, Path]:
-    from finetune_mlx.config import stage_settings
-    from gan_torch.config import DEFAULTS
+def _cfg(config: str | None, run_dir: Path | None, overrides: dict) -> tuple[dict, RunLayout]:
+    from apeagent.config import stage_settings
 
-    return stage_settings(config, "gan", DEFAULTS, overrides)
+    return stage_settings(config, run_dir, "gan", overrides)
 
 
 def bars_from_swaps_csv(csv_path: Path, out_dir: Path) -> Path:
@@ -56,9 +56,9 @@ def bars_from_swaps_csv(csv_path: Path, out_dir: Path) -> Path:
 
 @app.command()
 def train(
-    bars: Path = typer.Option(None, "--bars", help="bars.parquet [run_dir/bars.parquet]."),
+    bars: Path = typer.Option(None, "--bars", help="bars.parquet [RUN/features/bars.parquet]."),
     out_dir: Path = typer.Option(
-        None, "--out-dir", help="Checkpoints + metrics.jsonl [run_dir/gan]."
+        None, "--out-dir", help="Checkpoints + metrics.jsonl [RUN/gan]."
     ),
     quick_test: bool = typer.Option(
         False, "--quick-test", help="Train on the shared real CSV, quick_test_steps steps."
@@ -77,12 +77,13 @@ def train(
     threads: int = typer.Option(None, "--threads", help="torch CPU threads (0: default)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     config: str = ConfigOpt,
+    run_dir: Path = RunDirOpt,
 ) -> None:
     """Train the WGAN-GP; atomic checkpoints (last.pt every N steps, best.pt by fidelity)."""
     import json
 
     from gan_torch.data import read_bars
-    from gan_torch.train import train as run
+    from gan_torch.train import train as run_train
 
     over = {
         "steps": steps,
@@ -92,19 +93,19 @@ def train(
         "threads": threads,
         "minibatch_impl": minibatch_impl,
     }
-    cfg, run_dir = _cfg(config, over)
+    cfg, run = _cfg(config, run_dir, over)
     if cfg["minibatch_impl"] not in ("cdist", "native"):
         raise UserError(f"minibatch_impl must be cdist or native, got {cfg['minibatch_impl']!r}")
-    out_dir = out_dir or run_dir / "gan"
+    out_dir = out_dir or run.gan
     with tempfile.TemporaryDirectory() as tmp:
         if quick_test:
             if steps is None:
                 cfg["steps"] = cfg["quick_test_steps"]
             cfg["checkpoint_every"] = min(cfg["checkpoint_every"], cfg["steps"])
             bars = bars or bars_from_swaps_csv(csv_path or SHARED_CSV, Path(tmp))
-        bars = bars or run_dir / "bars.parquet"
+        bars = bars or run.bars
         data = read_bars(bars)
-        summary = run(data, cfg, out_dir, resume=resume, progress=not quiet, source=str(bars))
+        summary = run_train(data, cfg, out_dir, resume=resume, progress=not quiet, source=str(bars))
     console.print(json.dumps(summary))
 
 
@@ -113,10 +114,10 @@ def generate(
     checkpoint: Path = typer.Option(
         None,
         "--checkpoint",
-        help="Checkpoint [run_dir/gan/best.pt] (--backend mlx: also a converted dir).",
+        help="Checkpoint [RUN/gan/best.pt] (--backend mlx: also a converted dir).",
     ),
     out: Path = typer.Option(
-        None, "--out", help="windows.parquet to write [run_dir/windows.parquet]."
+        None, "--out", help="windows.parquet to write [RUN/synthetic/windows.parquet]."
     ),
     n: int = typer.Option(None, "--n", help="Number of windows [gan.n_generate]."),
     condition: str = typer.Option(
@@ -137,6 +138,7 @@ def generate(
     backend: str = typer.Option("torch", "--backend", help="torch | mlx (converted generator)."),
     device: str = typer.Option(None, "--device", help="auto | cpu | mps | cuda (torch backend)."),
     config: str = ConfigOpt,
+    run_dir: Path = RunDirOpt,
 ) -> None:
     """Synthetic windows (windows.parquet schema), optionally as AMM-consistent swap events."""
     import numpy as np
@@ -146,9 +148,9 @@ def generate(
     from gan_torch.data import write_windows
     from gan_torch.models import resolve_device
 
-    cfg, run_dir = _cfg(config, {"seed": seed, "device": device, "n_generate": n})
-    checkpoint = checkpoint or run_dir / "gan" / "best.pt"
-    out = out or run_dir / "windows.parquet"
+    cfg, run = _cfg(config, run_dir, {"seed": seed, "device": device, "n_generate": n})
+    checkpoint = checkpoint or run.gan_checkpoint
+    out = out or run.synthetic_windows
     if backend not in ("torch", "mlx"):
         raise UserError(f"--backend must be torch or mlx, got {backend!r}")
     if start_price is not None and not start_price > 0:
@@ -157,7 +159,7 @@ def generate(
     if count < 1:
         raise UserError(f"--n must be >= 1, got {count}")
     if backend == "mlx":
-        from finetune_mlx.blas import ensure_fast_blas
+        from apeagent.blas import ensure_fast_blas
 
         ensure_fast_blas()  # before mlx is imported (may re-exec with OpenBLAS preloaded)
         from gan_torch.mlx_generator import load_converted, sample_scaled_mlx
@@ -198,28 +200,29 @@ def generate(
 
 @app.command()
 def validate(
-    bars: Path = typer.Option(None, "--bars", help="Real bars.parquet [run_dir/bars.parquet]."),
+    bars: Path = typer.Option(None, "--bars", help="Real bars.parquet [RUN/features/bars.parquet]."),
     checkpoint: Path = typer.Option(
-        None, "--checkpoint", help="Generate from this checkpoint [run_dir/gan/best.pt]."
+        None, "--checkpoint", help="Generate from this checkpoint [RUN/gan/best.pt]."
     ),
     windows: Path = typer.Option(
         None, "--windows", help="Or validate these synthetic windows.parquet."
     ),
     out_dir: Path = typer.Option(
-        None, "--out-dir", help="validation.json + PNGs [run_dir/validation]."
+        None, "--out-dir", help="validation.json + PNGs [RUN/validation]."
     ),
     seed: int = typer.Option(None, "--seed"),
     quiet: bool = typer.Option(False, "--quiet"),
     config: str = ConfigOpt,
+    run_dir: Path = RunDirOpt,
 ) -> None:
     """GAN vs held-out real data (time split), with GBM / block-bootstrap baselines and the real floor."""
-    from gan_torch.validation_run import print_table, run_validation
+    from gan_torch.validate import print_table, run_validation
 
-    cfg, run_dir = _cfg(config, {"seed": seed})
-    bars = bars or run_dir / "bars.parquet"
+    cfg, run = _cfg(config, run_dir, {"seed": seed})
+    bars = bars or run.bars
     if windows is None:
-        checkpoint = checkpoint or run_dir / "gan" / "best.pt"
-    out_dir = out_dir or run_dir / "validation"
+        checkpoint = checkpoint or run.gan_checkpoint
+    out_dir = out_dir or run.validation
     result = run_validation(bars, out_dir, cfg, checkpoint=checkpoint, windows=windows)
     if not quiet:
         print_table(result, Console())
@@ -227,11 +230,13 @@ def validate(
 
 @app.command("windows")
 def windows_cmd(
-    bars: Path = typer.Option(..., "--bars", help="bars.parquet to cut."),
-    out: Path = typer.Option(..., "--out", help="windows.parquet to write (source=real)."),
-    window: int = typer.Option(None, "--window", help="Bars per window [gan.window]."),
+    bars: Path = typer.Option(None, "--bars", help="bars.parquet to cut [RUN/features/bars.parquet]."),
+    out: Path = typer.Option(
+        None, "--out", help="windows.parquet to write (source=real) [RUN/features/real_windows.parquet]."
+    ),
+    window: int = typer.Option(None, "--window", help="Bars per window [market.window_bars]."),
     stride: int = typer.Option(
-        None, "--stride", help="Bars between starts [gan.window: no overlap]."
+        None, "--stride", help="Bars between starts [market.window_bars: no overlap]."
     ),
     min_active_frac: float = typer.Option(
         0.0, "--min-active-frac", help="Skip windows with fewer non-empty bars."
@@ -242,12 +247,14 @@ def windows_cmd(
         help="Leave out the last fraction of the swaps (the backtest's held-out period).",
     ),
     config: str = ConfigOpt,
+    run_dir: Path = RunDirOpt,
 ) -> None:
     """Cut REAL windows from bars into the windows.parquet schema (ids in time order)."""
     from gan_torch.data import read_bars, real_windows, split_bounds, write_windows
 
-    cfg, _ = _cfg(config, {"window": window})
-    w = cfg["window"]
+    cfg, run = _cfg(config, run_dir, {"window_bars": window})
+    bars, out = bars or run.bars, out or run.real_windows
+    w = cfg["window_bars"]
     s = stride or w
     if w < 2 or s < 1:
         raise UserError(f"--window must be >= 2 and --stride >= 1 (got {w}, {s})")
@@ -272,13 +279,14 @@ def bench(
     ),
     out: Path = typer.Option(Path("runs/bench/gan_devices.json"), "--out"),
     config: str = ConfigOpt,
+    run_dir: Path = RunDirOpt,
 ) -> None:
     """Training steps/s and generated windows/s per device, cdist fallback vs native."""
-    from finetune_mlx.atomic import write_json
+    from apeagent.files import write_json
     from gan_torch.bench import device_bench, print_bench
     from gan_torch.data import read_bars
 
-    cfg, _ = _cfg(config, {})
+    cfg, _ = _cfg(config, run_dir, {})
     with tempfile.TemporaryDirectory() as tmp:
         data = read_bars(bars or bars_from_swaps_csv(SHARED_CSV, Path(tmp)))
         result = device_bench(data, cfg, [d for d in devices.split(",") if d], steps)

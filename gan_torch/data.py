@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from finetune_mlx.errors import UserError
+from apeagent.errors import UserError
 
 BAR_COLUMNS = (
     "bar_start",
@@ -188,7 +188,7 @@ def build_dataset(bars: dict[str, np.ndarray], cfg: dict, source: str = "bars") 
 
     The scalers are fitted on the training period only (no look-ahead into val/test).
     """
-    window, stride = cfg["window"], cfg["stride"]
+    window, stride = cfg["window_bars"], cfg["stride"]
     feats = bar_features(bars)
     n = len(feats)
     active = bars["swap_count"] > 0
@@ -264,7 +264,7 @@ def write_windows(path: str | Path, cols: dict[str, np.ndarray]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from finetune_mlx.atomic import atomic_path
+    from apeagent.files import atomic_path
 
     types = {
         "window_id": pa.int64(),

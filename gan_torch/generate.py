@@ -18,9 +18,9 @@ import random
 import numpy as np
 import torch
 
+from apeagent.errors import UserError
 from chain.csvio import EXPORT_COLUMNS
 from chain.pool import ETH_USDC_POOL_ID, SIMULATED
-from finetune_mlx.errors import UserError
 from gan_torch import data as gdata
 
 CONDITION_PRESETS = {
@@ -83,7 +83,7 @@ def sample_scaled(
         cond_raw = bank[idx]
     cond_raw = np.broadcast_to(np.asarray(cond_raw, dtype=np.float64), (n, bank.shape[1])).copy()
     cond = torch.from_numpy(scale_condition(cond_raw, ckpt["cond_scaler"])).to(device)
-    z = torch.randn(n, cfg["window"], cfg["noise_dim"], generator=gen).to(device)
+    z = torch.randn(n, cfg["window_bars"], cfg["noise_dim"], generator=gen).to(device)
     zg = torch.randn(n, cfg["noise_dim"], generator=gen).to(device)
     generator.eval()
     with torch.no_grad():
@@ -100,7 +100,7 @@ def noise_for(ckpt: dict, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np
     cfg = ckpt["config"]
     gen = torch.Generator().manual_seed(int(seed))
     idx = torch.randint(len(ckpt["cond_bank"]), (n,), generator=gen).numpy()
-    z = torch.randn(n, cfg["window"], cfg["noise_dim"], generator=gen).numpy()
+    z = torch.randn(n, cfg["window_bars"], cfg["noise_dim"], generator=gen).numpy()
     zg = torch.randn(n, cfg["noise_dim"], generator=gen).numpy()
     return idx, z, zg
 
@@ -275,7 +275,7 @@ def windows_to_swaps(
 def write_swaps_csv(path, rows: list[dict]) -> None:
     import csv
 
-    from finetune_mlx.atomic import atomic_path
+    from apeagent.files import atomic_path
 
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(SWAP_COLUMNS))

@@ -63,7 +63,7 @@ def moment_matching(x_real: torch.Tensor, x_fake: torch.Tensor) -> torch.Tensor:
 
 def window_acf(s: torch.Tensor, lags: int) -> torch.Tensor:
     """ACF within windows (n, T), pooled over windows, lags 1..lags: the torch twin of
-    ``gan_torch.validate.acf`` (each window demeaned by its own mean, one pooled variance)."""
+    ``gan_torch.fidelity.acf`` (each window demeaned by its own mean, one pooled variance)."""
     s = s - s.mean(1, keepdim=True)
     var = s.pow(2).sum() + 1e-30
     lags = min(int(lags), s.shape[1] - 1)

@@ -5,7 +5,7 @@ torch ``state_dict`` maps one to one onto the MLX tree. ``convert_checkpoint`` w
 ``generator.safetensors`` (the weights) and ``config.json`` (the gan config, the feature and
 condition scalers, the condition bank, the price anchors, the post-processing bounds): all a
 Mac needs to generate windows without torch. Import this module only after
-``finetune_mlx.blas.ensure_fast_blas()`` in CLI code.
+``apeagent.blas.ensure_fast_blas()`` in CLI code.
 """
 
 from __future__ import annotations
@@ -125,7 +125,7 @@ def from_torch_state(cfg: dict, state: dict) -> Generator:
 
 def convert_checkpoint(torch_ckpt: str | Path, out_dir: str | Path) -> Path:
     """Torch checkpoint -> ``out_dir/generator.safetensors`` + ``out_dir/config.json``."""
-    from finetune_mlx.atomic import atomic_dir
+    from apeagent.files import atomic_dir
     from gan_torch import checkpoint as ckio
 
     ck = ckio.load(torch_ckpt)
@@ -155,7 +155,7 @@ def load_converted(model_dir: str | Path) -> tuple[Generator, dict]:
     """A converted directory -> (MLX generator, checkpoint-like metadata with torch tensors)."""
     import torch
 
-    from finetune_mlx.errors import UserError
+    from apeagent.errors import UserError
 
     model_dir = Path(model_dir)
     cfg_path = model_dir / "config.json"

@@ -228,7 +228,7 @@ class Critic(nn.Module):
 
 
 def resolve_device(name: str) -> torch.device:
-    from finetune_mlx.errors import UserError
+    from apeagent.errors import UserError
 
     if name == "auto":
         if torch.cuda.is_available():

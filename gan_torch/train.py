@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from finetune_mlx.atomic import write_jsonl
+from apeagent.files import write_jsonl
 from gan_torch import checkpoint as ckio
 from gan_torch import losses
 from gan_torch.data import build_dataset
@@ -25,7 +25,7 @@ def _opt(params, lr, cfg):
 
 
 def _noise(n, cfg, gen, device):
-    z = torch.randn(n, cfg["window"], cfg["noise_dim"], generator=gen).to(device)
+    z = torch.randn(n, cfg["window_bars"], cfg["noise_dim"], generator=gen).to(device)
     zg = torch.randn(n, cfg["noise_dim"], generator=gen).to(device)
     return z, zg
 
@@ -46,8 +46,8 @@ def ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float, step: i
 
 def evaluate_fidelity(gnet, ds, cfg, ckpt_like, device, split="val") -> float:
     """Fidelity of the generator on a held-out period (lower is better), fixed noise."""
+    from gan_torch.fidelity import fidelity
     from gan_torch.generate import decode_features
-    from gan_torch.validate import fidelity
 
     part = ds[split] if len(ds[split]["starts"]) else ds["train"]
     gen = torch.Generator().manual_seed(int(cfg["seed"]) + 1)
@@ -155,9 +155,9 @@ def train(
     }
     # volatility clustering target: ACF of |r| of all real training windows, computed
     # exactly as the validation metric computes it (validate.acf on raw returns)
-    from gan_torch.validate import acf as np_acf
+    from gan_torch.fidelity import acf as np_acf
 
-    acf_lags = min(int(cfg["acf_abs_lags"]), int(cfg["window"]) - 1)
+    acf_lags = min(int(cfg["acf_abs_lags"]), int(cfg["window_bars"]) - 1)
     acf_target = torch.tensor(np_acf(np.abs(ds["train"]["raw"][..., 0]), acf_lags)).float()
     r_bound = float(ds["step_bound"]) * float(cfg["step_bound_mult"])
     t0 = time.perf_counter()

@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> None:
-    from finetune_mlx.blas import ensure_fast_blas
-    from finetune_mlx.errors import UserError
+    from apeagent.blas import ensure_fast_blas
+    from apeagent.errors import UserError
 
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter

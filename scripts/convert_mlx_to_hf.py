@@ -7,8 +7,8 @@
 
 import sys
 
+from apeagent.cli import run_cli
 from finetune_mlx.cli import app
-from finetune_mlx.errors import run_cli
 
 if __name__ == "__main__":
     run_cli(lambda: app(["export-hf", *sys.argv[1:]]))

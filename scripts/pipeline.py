@@ -10,8 +10,8 @@ from pathlib import Path
 
 import typer
 
-from finetune_mlx import pipeline
-from finetune_mlx.errors import run_cli
+from apeagent import pipeline
+from apeagent.cli import run_cli
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 

@@ -15,8 +15,8 @@ from typing import Any
 from eth_abi import decode, encode
 from eth_utils import keccak
 
+from agent.execute import PERMIT2
 from chain.amm import Q96, sqrt_price_x96_from_price
-from chain.execute import PERMIT2
 from chain.pool import ETH_USDC_POOL_ID, FEE, USDC
 from distill.prompt import LN_TICK, MarketState, format_prompt, system_prompt
 from distill.rules import cod_answer
@@ -33,13 +33,9 @@ RULES = {
 
 
 def agent_app():
-    """The real chain CLI with the agent commands (registered here until cli.py does it)."""
-    from chain.agent_cli import register
-    from chain.cli import app
+    """The real `ape-agent` CLI."""
+    from agent.cli import app
 
-    names = {c.name or c.callback.__name__ for c in app.registered_commands}
-    if "agent" not in names:
-        register(app)
     return app
 
 

@@ -5,7 +5,7 @@ process writes to the real terminal, not to pytest's capture files."""
 import os
 import platform
 
-from finetune_mlx.blas import ensure_fast_blas, find_openblas, plan
+from apeagent.blas import ensure_fast_blas, find_openblas, plan
 
 
 def pytest_configure(config):

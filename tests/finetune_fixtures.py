@@ -107,7 +107,7 @@ def shared_tiny(tmp_root: Path | None = None) -> tuple[Path, Path]:
 
 def train_cfg(**over) -> dict:
     """The finetune section for fast test training runs."""
-    from finetune_mlx.train_config import DEFAULTS
+    from finetune_mlx.config import DEFAULTS
 
     cfg = dict(DEFAULTS)
     cfg.update(

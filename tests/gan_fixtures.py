@@ -125,7 +125,7 @@ def tiny_cfg(**over) -> dict:
 
     cfg = dict(DEFAULTS)
     cfg.update(
-        window=8,
+        window_bars=8,
         stride=2,
         d_model=16,
         num_heads=8,
@@ -153,8 +153,12 @@ def write_cfg_yaml(path: Path, **over) -> Path:
     """A config file whose gan section is tiny_cfg(**over) (for CLI tests)."""
     import yaml
 
-    from gan_torch.config import DEFAULTS
+    from apeagent.config import DEFAULTS
 
     cfg = tiny_cfg(**over)
-    path.write_text(yaml.safe_dump({"gan": {k: v for k, v in cfg.items() if v != DEFAULTS[k]}}))
+    sections = {
+        name: {k: v for k, v in cfg.items() if k in DEFAULTS[name] and v != DEFAULTS[name][k]}
+        for name in ("market", "gan")
+    }
+    path.write_text(yaml.safe_dump({k: v for k, v in sections.items() if v}))
     return path

@@ -7,13 +7,13 @@ import json
 import pytest
 from agent_fixtures import REAL_CSV, RULES, build_student, price_path
 
-from chain.agent_config import DEFAULTS
+from agent.backtest import load_rows, run_backtest
+from agent.config import DEFAULTS
+from agent.policies import History, HoldPolicy, ModelPolicy, RebalancePolicy, RulesPolicy, Trade
+from agent.portfolio import Portfolio, gas_wei, metrics, trade
+from apeagent.errors import UserError
 from chain.amm import price_from_sqrt_price_x96, sqrt_price_x96_from_price
-from chain.backtest import load_rows, run_backtest
-from chain.decide import History, HoldPolicy, ModelPolicy, RebalancePolicy, RulesPolicy, Trade
-from chain.portfolio import Portfolio, gas_wei, metrics, trade
 from distill.prompt import MarketState
-from finetune_mlx.errors import UserError
 
 Q96 = 1 << 96
 FEE = 500
@@ -120,10 +120,10 @@ def test_backtest_known_sequence(tmp_path):
     rows = price_path([3000.0, 3000.0, 3300.0, 3300.0])
     cfg = {
         **DEFAULTS,
-        "bar_minutes": 5,
+        "bar_seconds": 300,
         "window_bars": 1,
         "interval_minutes": 5,
-        "holdout_fraction": 1.0,
+        "holdout_frac": 1.0,
         "rebalance_band_pct": 2.0,
     }
     pols = {"hold": HoldPolicy(), "rebalance": RebalancePolicy(2.0)}
@@ -170,7 +170,7 @@ def test_backtest_window_too_short(tmp_path):
         run_backtest(
             rows,
             {"hold": HoldPolicy()},
-            {**DEFAULTS, "holdout_fraction": 1.0},
+            {**DEFAULTS, "holdout_frac": 1.0},
             tmp_path,
             progress=False,
         )
@@ -181,7 +181,7 @@ def test_backtest_real_swaps_holdout(tmp_path):
         pytest.skip(f"shared data not present: {REAL_CSV}")
     rows, source = load_rows(REAL_CSV)
     assert source == "real" and len(rows) == 10_000
-    cfg = {**DEFAULTS, "interval_minutes": 60, "holdout_fraction": 0.2}
+    cfg = {**DEFAULTS, "interval_minutes": 60, "holdout_frac": 0.2}
     pols = {"rules": RulesPolicy(RULES), "hold": HoldPolicy(), "rebalance": RebalancePolicy(5.0)}
     report = run_backtest(rows, pols, cfg, tmp_path, source=source, progress=False)
     # The held-out part is the last 20 % in chain order: training never saw it.
@@ -217,7 +217,7 @@ def test_backtest_student_falls_back_to_neutral(tmp_path, student):
     cfg = {
         **DEFAULTS,
         "interval_minutes": 60,
-        "holdout_fraction": 0.6,
+        "holdout_frac": 0.6,
         "max_steps": 3,
         "max_tokens": 16,
     }
@@ -283,7 +283,7 @@ def test_cli_backtest(tmp_path, student):
     csv = tmp_path / "sim.csv"
     write_swaps_csv(csv, simulate(500, seed=5))
     out = tmp_path / "bt"
-    args = ["backtest", "--swaps", str(csv), "--out", str(out), "--holdout-fraction", "0.5"]
+    args = ["backtest", "--swaps", str(csv), "--out", str(out), "--holdout-frac", "0.5"]
     res = CliRunner().invoke(
         agent_app(),
         [*args, "--model", str(student), "--max-steps", "2", "--interval-minutes", "60"],
@@ -323,8 +323,8 @@ def test_load_rows_from_event_store(tmp_path):
 def test_student_without_system_prompt_when_trained_without_one(student):
     """distill.include_system false: the student met no system prompt in training, so the agent
     sends none either (the chat is the user prompt alone)."""
-    from chain.agent_config import DEFAULTS as AGENT_DEFAULTS
-    from chain.decide import make_policy
+    from agent.config import DEFAULTS as AGENT_DEFAULTS
+    from agent.policies import make_policy
     from distill.config import DEFAULTS as DISTILL_DEFAULTS
 
     state = MarketState(3000.0, 0.5, 50, 10.0, 30000.0, 0.4, 40, 1.0, 3000.0, 60)

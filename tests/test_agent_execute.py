@@ -15,13 +15,13 @@ from eth_account import Account
 from typer.testing import CliRunner
 from web3 import Web3
 
-from chain import execute as ex
-from chain.agent_config import DEFAULTS
+from agent import execute as ex
+from agent.config import DEFAULTS
+from apeagent.errors import UserError
 from chain.amm import swap_exact_input
 from chain.devnode import start_devnode
 from chain.pool import NATIVE_ETH, UNIVERSAL_ROUTER, USDC
 from chain.simulate import simulate
-from finetune_mlx.errors import UserError
 
 
 def router_decoder():
@@ -125,7 +125,7 @@ def run(node, tmp_path, *args, env=None):
     res = CliRunner().invoke(
         agent_app(),
         [
-            "agent",
+            "trade",
             "--execute",
             "--policy",
             "rules",

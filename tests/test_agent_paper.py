@@ -9,12 +9,13 @@ import pytest
 from agent_fixtures import RULES, agent_app, build_student
 from typer.testing import CliRunner
 
-from chain.agent_config import DEFAULTS
-from chain.decide import RulesPolicy
+from agent.config import DEFAULTS
+from agent.live import Journal, run_agent
+from agent.policies import RulesPolicy
+from apeagent.config import window_minutes
+from apeagent.errors import UserError
 from chain.devnode import start_devnode
-from chain.paper import Journal, run_agent
 from chain.simulate import simulate
-from finetune_mlx.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def test_paper_loop_journal_and_resume(node, tmp_path):
         "eth_balance",
         "window_minutes",
     }
-    assert r0["state"]["window_minutes"] == DEFAULTS["snapshot_minutes"]
+    assert r0["state"]["window_minutes"] == window_minutes(DEFAULTS)
     # The devnode's pool state at its head block is what the fill used.
     last = node.rows[-1]
     from chain.amm import price_from_sqrt_price_x96
@@ -146,7 +147,7 @@ def test_cli_paper_with_tiny_student(node, tmp_path):
     res = CliRunner().invoke(
         agent_app(),
         [
-            "agent",
+            "trade",
             "--rpc-url",
             node.url,
             "--model",
@@ -169,7 +170,7 @@ def test_cli_missing_model(node, tmp_path):
     res = CliRunner().invoke(
         agent_app(),
         [
-            "agent",
+            "trade",
             "--rpc-url",
             node.url,
             "--model",

@@ -1,4 +1,4 @@
-"""The BLAS selection logic (finetune_mlx.blas.plan) and that the suite itself runs on it."""
+"""The BLAS selection logic (apeagent.blas.plan) and that the suite itself runs on it."""
 
 import os
 import platform
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from finetune_mlx.blas import find_openblas, plan
+from apeagent.blas import find_openblas, plan
 
 LIB = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so.0"
 
@@ -61,7 +61,7 @@ def test_suite_and_commands_run_with_openblas_mapped():
     assert find_openblas() in os.environ.get("LD_PRELOAD", "")
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "_APE_BLAS_REEXEC")}
     code = (
-        "from finetune_mlx.blas import ensure_fast_blas, describe_loaded;"
+        "from apeagent.blas import ensure_fast_blas, describe_loaded;"
         "ensure_fast_blas(); import mlx.core as mx; mx.eval(mx.ones((4,4)) @ mx.ones((4,4)));"
         "print(describe_loaded())"
     )

@@ -10,11 +10,11 @@ import time
 import pytest
 from chain_fixtures import event_fields, real_rows
 
+from apeagent.errors import UserError
 from chain.collect import CollectSettings, collect
 from chain.devnode import start_devnode
 from chain.snapshot import snapshot
 from chain.store import Store
-from finetune_mlx.errors import UserError
 
 
 def settings(node, rows, **kw):

@@ -9,11 +9,11 @@ import pyarrow.parquet as pq
 import pytest
 from chain_fixtures import REPO, real_csv, real_rows
 
+from apeagent.errors import UserError
 from chain.amm import price_from_sqrt_price_x96, tick_from_sqrt_price_x96
 from chain.csvio import read_swaps_csv, write_swaps_csv
-from chain.process import BARS_SCHEMA, SWAPS_SCHEMA, make_bars, process, swap_features
+from chain.features import BARS_SCHEMA, SWAPS_SCHEMA, make_bars, process, swap_features
 from chain.store import Store
-from finetune_mlx.errors import UserError
 
 
 def ape_chain(*args, cwd):
@@ -174,5 +174,5 @@ def test_process_cli_from_csv(tmp_path):
     bars = pq.read_table(tmp_path / "o/bars.parquet").to_pydict()
     assert np.all(np.diff(bars["bar_start"]) == 900) and sum(bars["swap_count"]) == 10_000
     r = ape_chain("process", cwd=tmp_path)
-    assert r.returncode == 2 and "exactly one input" in r.stderr
+    assert r.returncode == 2 and "store not found: runs/tiny/chain/swaps.db" in r.stderr  # the run layout's store
     assert REPO.is_dir()

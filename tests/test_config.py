@@ -2,9 +2,7 @@
 
 import pytest
 
-from finetune_mlx.config import ConfigError, load, parse_overrides, preset_names, section
-
-DEFAULTS = {"steps": 100, "lr": 1e-3, "device": "auto", "devices": ["cpu"], "quick": False, "model": None}
+from apeagent.config import ConfigError, load, parse_overrides, preset_names, section, validate
 
 
 def test_presets_exist_and_load():
@@ -15,22 +13,38 @@ def test_presets_exist_and_load():
 
 
 def test_file_extends_preset_and_overrides_win(tmp_path):
-    from gan_torch.config import DEFAULTS as GAN
-
     f = tmp_path / "my.yaml"
     f.write_text("extends: tiny\ngan:\n  steps: 7\n  lr_g: 1e-4\n")
     cfg = load(f)
     assert cfg["run"]["run_dir"] == "runs/tiny"
-    tiny = section(load("tiny"), "gan", GAN)
-    gan = section(cfg, "gan", GAN, {"device": "cpu", "seed": None})
+    tiny = section(load("tiny"), "gan")
+    gan = section(cfg, "gan", {"device": "cpu", "seed": None})
     assert gan["steps"] == 7 and gan["lr_g"] == pytest.approx(1e-4) and gan["device"] == "cpu"
-    assert gan["seed"] == tiny["seed"] and gan["window"] == tiny["window"]  # the rest from tiny
+    assert gan["seed"] == tiny["seed"] and gan["window_bars"] == tiny["window_bars"]  # the rest from tiny
 
 
 def test_cli_style_overrides():
-    ov = parse_overrides(["gan.steps=12", "gan.devices=cpu,mps", "gan.model=Qwen/Qwen2.5-3B"])
-    gan = section({"gan": {}}, "gan", DEFAULTS, ov["gan"])
-    assert gan["steps"] == 12 and gan["devices"] == ["cpu", "mps"] and gan["model"] == "Qwen/Qwen2.5-3B"
+    ov = parse_overrides(["gan.steps=12", "agent.policies=rules,hold", "finetune.base_model=Qwen/Qwen2.5-3B"])
+    assert section({}, "gan", ov["gan"])["steps"] == 12
+    assert section({}, "agent", ov["agent"])["policies"] == ["rules", "hold"]
+    assert section({}, "finetune", ov["finetune"])["base_model"] == "Qwen/Qwen2.5-3B"
+
+
+def test_market_quantities_have_one_key():
+    """window, bar length and held-out fraction live in `market:` and reach every stage."""
+    cfg = {"market": {"window_bars": 6, "holdout_frac": 0.3}, "_source": "x.yaml"}
+    for name in ("chain", "gan", "distill", "finetune", "agent"):
+        s = section(cfg, name)
+        assert s["window_bars"] == 6 and s["holdout_frac"] == pytest.approx(0.3) and s["bar_seconds"] == 300
+    with pytest.raises(ConfigError, match="unknown key gan.window_bars; it is market.window_bars"):
+        section({"gan": {"window_bars": 6}}, "gan")
+
+
+def test_defaults_pool_id_is_the_computed_one():
+    from chain.config import DEFAULTS
+    from chain.pool import ETH_USDC_POOL_ID
+
+    assert DEFAULTS["pool_id"] == ETH_USDC_POOL_ID
 
 
 @pytest.mark.parametrize(
@@ -38,7 +52,8 @@ def test_cli_style_overrides():
     [
         ("gan:\n  stepz: 3\n", "unknown key gan.stepz"),
         ("gan:\n  steps: many\n", "gan.steps: expected int"),
-        ("gan:\n  quick: 1\n", "gan.quick: expected true/false"),
+        ("finetune:\n  grad_checkpoint: 1\n", "finetune.grad_checkpoint: expected true/false"),
+        ("gan:\n  window: 12\n", "unknown key gan.window"),
         ("ganz:\n  steps: 3\n", "unknown section 'ganz'"),
         ("gan: [1, 2\n", "malformed YAML"),
         ("- 1\n- 2\n", "top level must be a mapping"),
@@ -48,7 +63,7 @@ def test_bad_config_names_file_and_key(tmp_path, text, needle):
     f = tmp_path / "bad.yaml"
     f.write_text(text)
     with pytest.raises(ConfigError) as e:
-        section(load(f), "gan", DEFAULTS)
+        validate(load(f))
     assert needle in str(e.value)
     if "YAML" in needle or "top level" in needle or "section" in needle:
         assert str(f) in str(e.value)

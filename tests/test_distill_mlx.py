@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from apeagent.errors import UserError
 from distill.cache import read_records
 from distill.config import DEFAULTS
 from distill.teach import teach
-from finetune_mlx.errors import UserError
 
 sys.path.insert(0, str(Path(__file__).parent))
 from distill_fixtures import build_tiny_teacher, free_port, write_windows  # noqa: E402

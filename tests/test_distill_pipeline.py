@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from apeagent.errors import UserError
 from distill.cache import AnswerStore, read_records
 from distill.clean import has_plain_decision
 from distill.config import DEFAULTS
@@ -18,7 +19,6 @@ from distill.dataset import build_dataset
 from distill.parse import CANARIES, parse_answer
 from distill.teach import teach
 from distill.windows import load_windows
-from finetune_mlx.errors import UserError
 
 sys.path.insert(0, str(Path(__file__).parent))
 from distill_fixtures import window_rows, write_windows  # noqa: E402

@@ -19,7 +19,7 @@ from export_fixtures import (
     with_model_type,
 )
 
-from finetune_mlx.errors import UserError
+from apeagent.errors import UserError
 from finetune_mlx.export_gguf import dataset_system_prompt, export_gguf
 
 gguf = pytest.importorskip("gguf")

@@ -18,7 +18,7 @@ from export_fixtures import (
     with_model_type,
 )
 
-from finetune_mlx.errors import UserError
+from apeagent.errors import UserError
 from finetune_mlx.export_hf import export_hf
 
 torch = pytest.importorskip("torch")

@@ -111,7 +111,7 @@ def test_pipeline_commands(tmp_path):
 def test_bad_input_names_the_file_and_writes_nothing(tmp_path):
     from finetune_fixtures import train_cfg
 
-    from finetune_mlx.errors import UserError
+    from apeagent.errors import UserError
     from finetune_mlx.fuse import fuse
     from finetune_mlx.tiny import build_tiny
     from finetune_mlx.train import train

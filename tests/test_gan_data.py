@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from gan_fixtures import SHARED_CSV, bars_from_csv, synthetic_bars, tiny_cfg, write_bars
 
-from finetune_mlx.errors import UserError
+from apeagent.errors import UserError
 from gan_torch import data as D
 
 needs_csv = pytest.mark.skipif(
@@ -27,14 +27,14 @@ def test_real_bars_use_sqrt_price_not_tick():
 @needs_csv
 def test_real_dataset_split_by_time_and_scaled():
     bars = bars_from_csv()
-    ds = D.build_dataset(bars, tiny_cfg(window=16, stride=4))
+    ds = D.build_dataset(bars, tiny_cfg(window_bars=16, stride=4))
     (a, b), (c, d), (e, f) = ds["bounds"]["train"], ds["bounds"]["val"], ds["bounds"]["test"]
     assert a == 0 and b == c and d == e and f == len(bars["close"])
     assert max(ds["train"]["starts"]) + 16 <= b and min(ds["test"]["starts"]) >= e
     assert np.all(np.isfinite(ds["train"]["x"])) and np.abs(ds["train"]["x"]).max() < 10
     # the max |r| of the training period is a launch-week jump (~23%); the default bound, the
     # 0.99 quantile, is far below it yet above every move inside a training window
-    full = D.build_dataset(bars, tiny_cfg(window=16, stride=4, step_bound_quantile=1.0))
+    full = D.build_dataset(bars, tiny_cfg(window_bars=16, stride=4, step_bound_quantile=1.0))
     assert full["step_bound"] > 0.1
     in_windows = np.abs(ds["train"]["raw"][..., 0]).max()
     assert in_windows <= ds["step_bound"] < 0.05
@@ -53,7 +53,7 @@ def test_scaler_roundtrip_and_condition_scaler():
 
 def test_too_little_data_is_a_clear_error():
     with pytest.raises(UserError, match="too little data"):
-        D.build_dataset(synthetic_bars(20), tiny_cfg(window=16))
+        D.build_dataset(synthetic_bars(20), tiny_cfg(window_bars=16))
 
 
 def test_missing_columns_name_the_file(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from gan_fixtures import synthetic_bars, tiny_cfg
 
-from finetune_mlx.errors import UserError
+from apeagent.errors import UserError
 from gan_torch import checkpoint as ckio
 from gan_torch import data as D
 from gan_torch.train import ema_update, train

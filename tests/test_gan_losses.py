@@ -15,10 +15,10 @@ def _setup():
     torch.manual_seed(0)
     g, c = Generator(cfg), Critic(cfg)
     b = 8
-    z = torch.randn(b, cfg["window"], cfg["noise_dim"])
+    z = torch.randn(b, cfg["window_bars"], cfg["noise_dim"])
     zg = torch.randn(b, cfg["noise_dim"])
     cond = torch.randn(b, 3)
-    real = torch.randn(b, cfg["window"], 4)
+    real = torch.randn(b, cfg["window_bars"], 4)
     return cfg, g, c, z, zg, cond, real
 
 
@@ -107,8 +107,8 @@ def test_acf_term_is_the_validation_metric_on_decoded_returns():
     # decode_features produces (scaling inverted, clipped, zero on empty bars)
     import numpy as np
 
+    from gan_torch.fidelity import acf
     from gan_torch.generate import decode_features
-    from gan_torch.validate import acf
 
     rng = np.random.default_rng(0)
     x = rng.normal(0, 1.5, (20, 12, 4)).astype(np.float32)

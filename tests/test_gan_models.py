@@ -25,7 +25,7 @@ def _gen(cfg=None):
 
 def _inputs(cfg, b=3, t=None):
     g = torch.Generator().manual_seed(1)
-    t = t or cfg["window"]
+    t = t or cfg["window_bars"]
     return (
         torch.randn(b, t, cfg["noise_dim"], generator=g),
         torch.randn(b, 3, generator=g),
@@ -116,7 +116,7 @@ def test_gradient_penalty_runs_with_a_cdist_critic():
     cfg = tiny_cfg(minibatch_impl="cdist")
     torch.manual_seed(0)
     critic = Critic(cfg)
-    real, fake = torch.randn(6, cfg["window"], 4), torch.randn(6, cfg["window"], 4)
+    real, fake = torch.randn(6, cfg["window_bars"], 4), torch.randn(6, cfg["window_bars"], 4)
     cond = torch.randn(6, 3)
     gp = losses.gradient_penalty(critic, real, fake, cond)
     gp.backward()

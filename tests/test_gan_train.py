@@ -12,7 +12,7 @@ import torch
 from gan_fixtures import synthetic_bars, tiny_cfg, write_bars, write_cfg_yaml
 from typer.testing import CliRunner
 
-from finetune_mlx.errors import UserError
+from apeagent.errors import UserError
 from gan_torch import checkpoint as ckio
 from gan_torch import generate as G
 from gan_torch.cli import app

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from finetune_mlx.pipeline import Stage, fingerprint, is_current, settings_hash
+from apeagent.pipeline import Stage, fingerprint, is_current, settings_hash
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,8 +94,8 @@ def test_failed_stage_stops_the_run_and_the_next_run_resumes_there(tmp_path):
 def test_real_windows_for_the_teacher_follow_the_distill_cut(tmp_path):
     """distill.real_window_stride / real_min_active_frac reach `ape-gan windows`, and changing
     them makes the stage (and so the teacher after it) stale."""
-    from finetune_mlx.config import load
-    from finetune_mlx.pipeline import plan
+    from apeagent.config import load
+    from apeagent.pipeline import plan
 
     cfg = load("tiny")
     source = {"kind": "csv", "path": str(tmp_path / "swaps.csv")}

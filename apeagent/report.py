@@ -8,7 +8,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from finetune_mlx import atomic
+from apeagent import files
+from apeagent.layout import RunLayout
 
 # The targets the stage issues set for a tiny-preset run; `report.json` says which are met.
 TARGETS = {
@@ -36,16 +37,15 @@ def _num(x: Any, digits: int = 3) -> str:
 
 def collect(run_dir: Path) -> dict[str, Any]:
     """Every number the report shows, read from the stage outputs (missing stages -> None)."""
-    r = run_dir
-    train = _read_json(r / "student" / "adapters" / "train_report.json")
+    r = RunLayout(run_dir)
     return {
-        "data": _read_json(r / "features" / "process_report.json"),
-        "validation": _read_json(r / "validation" / "validation.json"),
-        "teacher": _read_json(r / "teacher" / "teacher_report.json"),
-        "dataset": _read_json(r / "dataset" / "dataset_report.json"),
-        "train": train,
-        "eval": _read_json(r / "eval" / "eval.json"),
-        "backtest": _read_json(r / "backtest" / "backtest.json"),
+        "data": _read_json(r.process_report),
+        "validation": _read_json(r.validation_json),
+        "teacher": _read_json(r.teacher_report),
+        "dataset": _read_json(r.dataset_report),
+        "train": _read_json(r.train_report),
+        "eval": _read_json(r.eval_json),
+        "backtest": _read_json(r.backtest_json),
     }
 
 
@@ -100,7 +100,7 @@ def _plot_training(train: dict[str, Any], path: Path) -> bool:
     ax.set_title("student LoRA training")
     ax.legend()
     fig.tight_layout()
-    with atomic.atomic_path(path) as tmp:
+    with files.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return True
@@ -129,17 +129,17 @@ def _plot_eval(variants: dict[str, Any], path: Path) -> bool:
     ax.set_title("does it speak canary? (held-out test split)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic.atomic_path(path) as tmp:
+    with files.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return True
 
 
 def write_report(run_dir: Path, manifest: dict[str, Any]) -> dict[str, str]:
-    run_dir = Path(run_dir)
+    layout = RunLayout(run_dir)
     numbers = collect(run_dir)
     targets = check_targets(numbers)
-    plots = run_dir / "report_plots"
+    plots = layout.report_plots
     plots.mkdir(exist_ok=True)
     source = manifest.get("source", {})
     simulated = source.get("kind") == "simulate" or (numbers["data"] or {}).get("simulated")
@@ -229,7 +229,7 @@ def write_report(run_dir: Path, manifest: dict[str, Any]) -> dict[str, str]:
         for name, p in bt.get("policies", {}).items():
             md.append(f"| {name} | {p['total_return_pct']:+.3f} | {p['sharpe']:.2f} | {p['max_drawdown_pct']:.3f} | "
                       f"{p['trades']} | {p['fees_paid_usdc']:.2f} | {p.get('unparseable', 0)} |")
-        equity = run_dir / "backtest" / "equity.png"
+        equity = layout.backtest / "equity.png"
         if equity.is_file():
             shutil.copyfile(equity, plots / "equity.png")
             md += ["", "![equity curves](report_plots/equity.png)"]
@@ -239,6 +239,6 @@ def write_report(run_dir: Path, manifest: dict[str, Any]) -> dict[str, str]:
         md.append(f"| {name} | {rec.get('status')} | {rec.get('seconds', '')} |")
     md += ["", f"Versions: `{json.dumps(manifest.get('versions'))}`", ""]
 
-    atomic.write_text(run_dir / "report.md", "\n".join(md))
-    atomic.write_json(run_dir / "report.json", {"simulated": bool(simulated), "targets": targets, **numbers})
-    return {"report": str(run_dir / "report.md"), "numbers": str(run_dir / "report.json")}
+    files.write_text(layout.report_md, "\n".join(md))
+    files.write_json(layout.report_json, {"simulated": bool(simulated), "targets": targets, **numbers})
+    return {"report": str(layout.report_md), "numbers": str(layout.report_json)}

@@ -1,16 +1,16 @@
 """Backtest: replay held-out swaps and let several policies trade the same market side by side.
 
 Timeline. The swaps (a swaps CSV or the event store, real or simulated) are put in chain
-order; the held-out part is the last ``holdout_fraction`` of them (a time split: the
+order; the held-out part is the last ``holdout_frac`` of them (a time split: the
 pipeline trains only on what comes before ``holdout.first_timestamp``). Those swaps become
-time bars exactly as ``ape-chain process`` makes them (``chain.process.make_bars``). Every
+time bars exactly as ``ape-chain process`` makes them (``chain.features.make_bars``). Every
 ``interval_minutes`` a market state is built from the last ``window_bars`` bars with
 ``distill.prompt.state_from_window`` (the student's training format); the first decision
 comes once a full window of held-out bars exists, so no input ever predates the split.
 
 Fills. At a decision time ``t`` the pool is as the last swap before ``t`` left it
 (``sqrtPriceX96`` and in-range ``liquidity`` from the event): the trade is filled with the
-exact pool math, fee and impact included, plus gas (see :mod:`chain.portfolio`).
+exact pool math, fee and impact included, plus gas (see :mod:`agent.portfolio`).
 
 Outputs (``out_dir``): ``backtest.json`` (settings, split, metrics per policy),
 ``decisions.jsonl`` (one line per step and policy: state, decision, fill, value, and the raw
@@ -28,12 +28,12 @@ from typing import Any
 
 import numpy as np
 
+from agent.policies import History, Trade
+from agent.portfolio import initial_portfolio, metrics, trade
+from apeagent.errors import UserError
+from apeagent.files import atomic_path, write_json
 from chain.amm import price_from_sqrt_price_x96
-from chain.decide import History, Trade
-from chain.portfolio import initial_portfolio, metrics, trade
 from distill.prompt import WINDOW_COLUMNS, state_from_window
-from finetune_mlx.atomic import atomic_path, write_json
-from finetune_mlx.errors import UserError
 
 
 def load_rows(path: str | Path) -> tuple[list[dict[str, Any]], str]:
@@ -72,13 +72,13 @@ def holdout(rows: list[dict[str, Any]], fraction: float) -> list[dict[str, Any]]
 
 def timeline(rows: list[dict[str, Any]], cfg: dict) -> dict[str, Any]:
     """Bars of ``rows`` and the decision steps: ``(t, bar_end, swap_index)`` each."""
-    from chain.process import make_bars, swap_features
+    from chain.features import make_bars, swap_features
 
-    bar_seconds = int(cfg["bar_minutes"]) * 60
+    bar_seconds = int(cfg["bar_seconds"] // 60) * 60
     interval = int(cfg["interval_minutes"]) * 60
     if bar_seconds <= 0 or interval <= 0 or interval % bar_seconds:
         raise UserError(
-            f"interval_minutes ({cfg['interval_minutes']}) must be a positive multiple of bar_minutes ({cfg['bar_minutes']})"
+            f"interval_minutes ({cfg['interval_minutes']}) must be a positive multiple of the bar length ({cfg['bar_seconds'] // 60} min)"
         )
     sw = swap_features(rows)
     bars = make_bars(sw, bar_seconds)
@@ -91,7 +91,7 @@ def timeline(rows: list[dict[str, Any]], cfg: dict) -> dict[str, Any]:
         span = (int(sw["timestamp"][-1]) - int(sw["timestamp"][0])) / 60
         raise UserError(
             f"held-out span ({span:.0f} min, {n_bars} bars) is shorter than one window "
-            f"({wb} bars of {cfg['bar_minutes']} min): use more swaps or a larger holdout fraction"
+            f"({wb} bars of {cfg['bar_seconds'] // 60} min): use more swaps or a larger holdout fraction"
         )
     ts = sw["timestamp"]
     steps = []
@@ -113,7 +113,7 @@ def run_backtest(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run every policy over the held-out swaps; write the report, log and plot; return the report."""
-    held = holdout(rows, cfg["holdout_fraction"])
+    held = holdout(rows, cfg["holdout_frac"])
     tl = timeline(held, cfg)
     bars, steps = tl["bars"], tl["steps"]
     wb = int(cfg["window_bars"])
@@ -146,7 +146,7 @@ def run_backtest(
             for name, policy in policies.items():
                 b = books[name]
                 p = b["portfolio"]
-                state = state_from_window(window, p.eth, p.usdc_float, int(cfg["bar_minutes"]))
+                state = state_from_window(window, p.eth, p.usdc_float, int(cfg["bar_seconds"] // 60))
                 d = policy.decide(state, b["history"])
                 fill = trade(p, d.decision, d.amount_eth, sqrt_p, liq, fee, cfg)
                 if fill is not None:
@@ -187,7 +187,7 @@ def run_backtest(
         "input": input_path,
         "source": source,
         "holdout": {
-            "fraction": cfg["holdout_fraction"],
+            "fraction": cfg["holdout_frac"],
             "swaps": len(held),
             "first_block": held[0]["block_number"],
             "first_timestamp": int(ts[0]),
@@ -196,7 +196,7 @@ def run_backtest(
         },
         "steps": len(steps),
         "interval_minutes": cfg["interval_minutes"],
-        "window_minutes": wb * int(cfg["bar_minutes"]),
+        "window_minutes": wb * int(cfg["bar_seconds"] // 60),
         "settings": {
             k: cfg[k]
             for k in (

@@ -7,7 +7,7 @@ import platform
 import sys
 from pathlib import Path
 
-from finetune_mlx.blas import describe_loaded, ensure_fast_blas
+from apeagent.blas import describe_loaded, ensure_fast_blas
 
 SHARED_CSV = Path("../shared/data/base_eth_usdc_v4_swaps.csv")
 PACKAGES = ("mlx", "mlx-lm", "torch", "numpy", "web3", "transformers", "tokenizers", "pyarrow")

@@ -35,8 +35,9 @@ from urllib.parse import urlparse
 from eth_abi import encode
 from eth_utils import keccak, to_checksum_address
 
+from apeagent.errors import UserError
+from apeagent.redact import redact_url
 from chain.amm import AmmError, price_from_sqrt_price_x96, swap_exact_input
-from chain.collect import redact
 from chain.pool import (
     BASE_CHAIN_ID,
     FEE,
@@ -46,7 +47,6 @@ from chain.pool import (
     UNIVERSAL_ROUTER,
     USDC,
 )
-from finetune_mlx.errors import UserError
 
 PERMIT2 = "0x000000000022D473030F116dDEE9F6B43aC78BA3"
 V4_SWAP = 0x10
@@ -216,7 +216,7 @@ def connect(
     if not rpc_urls:
         raise UserError("no RPC URL given (--rpc-url or agent.rpc_urls)")
     if fork:
-        remote = [redact(u) for u in rpc_urls if urlparse(u).hostname not in LOOPBACK]
+        remote = [redact_url(u) for u in rpc_urls if urlparse(u).hostname not in LOOPBACK]
         if remote:
             raise UserError(
                 f"--fork is only accepted for a loopback RPC URL, not {', '.join(remote)}"
@@ -227,12 +227,12 @@ def connect(
         try:
             chain_id = w3.eth.chain_id
         except Exception as e:  # refused, timeout, DNS, HTTP errors, malformed bodies
-            errors.append(f"{redact(url)} ({type(e).__name__})")
+            errors.append(f"{redact_url(url)} ({type(e).__name__})")
             continue
         if chain_id != expected_chain_id:
             if not fork:
                 raise UserError(
-                    f"{redact(url)} is chain id {chain_id}, not Base ({expected_chain_id}); "
+                    f"{redact_url(url)} is chain id {chain_id}, not Base ({expected_chain_id}); "
                     "for a local fork pass --fork"
                 )
         return w3, url

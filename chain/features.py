@@ -22,10 +22,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from apeagent.errors import UserError
+from apeagent.files import atomic_path
 from chain.amm import price_from_sqrt_price_x96
 from chain.pool import DECIMALS0, DECIMALS1
-from finetune_mlx.atomic import atomic_path
-from finetune_mlx.errors import UserError
 
 SWAPS_SCHEMA = pa.schema(
     [

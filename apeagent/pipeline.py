@@ -11,7 +11,6 @@ at the first stage that has not finished.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import importlib.metadata as md
 import json
 import subprocess
@@ -24,14 +23,13 @@ from typing import Any
 import yaml
 from rich.console import Console
 
-from distill.config import DEFAULTS as DISTILL_DEFAULTS
-from finetune_mlx import atomic
-from finetune_mlx.config import SECTIONS, load, section
-from finetune_mlx.errors import UserError
+from apeagent import files
+from apeagent.config import SECTIONS, SHARED, load, section, validate
+from apeagent.errors import UserError
+from apeagent.layout import RunLayout
 
 console = Console(stderr=True)
 
-RUN_DEFAULTS = {"run_dir": "runs/tiny", "source": "simulate"}
 VERSIONED = ("apeagent", "mlx", "mlx-lm", "torch", "numpy", "web3")
 
 
@@ -50,26 +48,21 @@ class Stage:
 
 def plan(cfg: dict[str, Any], run_dir: Path, config_file: Path, source: dict[str, Any]) -> list[Stage]:
     """The stages of one run, in order, with their files. ``source`` picks the data."""
-    c = ["-c", str(config_file)]
-    r = run_dir
-    db = r / "chain" / "swaps.db"
-    bars = r / "features" / "bars.parquet"
-    ckpt = r / "gan" / "best.pt"
-    synthetic = r / "synthetic" / "windows.parquet"
-    real_windows = r / "features" / "real_windows.parquet"
-    answers = r / "teacher" / "answers.jsonl"
-    dataset = r / "dataset"
-    base = r / "student" / "base"
-    adapters = r / "student" / "adapters"
-    fused = r / "student" / "fused"
-    sec = {name: cfg.get(name, {}) for name in SECTIONS}
+    L = RunLayout(run_dir)
+    c = ["-c", str(config_file), "--run-dir", str(L.root)]
+    db, bars, ckpt, synthetic = L.swaps_db, L.bars, L.gan_checkpoint, L.synthetic_windows
+    real_windows, answers, dataset = L.real_windows, L.answers, L.dataset
+    base, adapters, fused = L.student_base, L.adapters, L.fused
+    merged = validate(cfg)  # every section, before anything runs
+    # a stage's fingerprint covers its own section and the shared market quantities
+    sec = {name: {**cfg.get(SHARED, {}), **cfg.get(name, {})} for name in SECTIONS}
     # the last part of the swaps is never trained on: the GAN validates and the agent backtests there
-    holdout = sec["agent"].get("holdout_fraction", 0.2)
+    holdout = merged[SHARED]["holdout_frac"]
     stages: list[Stage] = []
 
     kind = source["kind"]
     if kind == "simulate":
-        sim_csv = r / "chain" / "simulated_swaps.csv"
+        sim_csv = L.simulated_csv
         stages.append(Stage("simulate", "chain", "simulate", [*c, "--out", str(sim_csv)], [], [sim_csv],
                             {"chain": sec["chain"]}, "SIMULATED swaps (the offline default data source)"))
         swaps = sim_csv
@@ -95,58 +88,57 @@ def plan(cfg: dict[str, Any], run_dir: Path, config_file: Path, source: dict[str
     else:
         raise UserError(f"unknown data source {kind!r}")
 
-    features = r / "features"
-    distill = section(cfg, "distill", DISTILL_DEFAULTS)
-    cut = {k: distill[k] for k in ("real_window_stride", "real_min_active_frac")}
+    features = L.features
+    cut = {k: merged["distill"][k] for k in ("real_window_stride", "real_min_active_frac")}
     stages += [
         Stage("process", "chain", "process", [*c, "--db", str(db), "--out-dir", str(features)],
-              [db], [bars, features / "swaps.parquet"], {"chain": sec["chain"]}, "swaps -> market features"),
-        Stage("gan-train", "gan_torch", "train", [*c, "--bars", str(bars), "--out-dir", str(r / "gan")],
+              [db], [bars, L.swaps_parquet], {"chain": sec["chain"]}, "swaps -> market features"),
+        Stage("gan-train", "gan_torch", "train", [*c, "--bars", str(bars), "--out-dir", str(L.gan)],
               [bars], [ckpt], {"gan": sec["gan"]}, "WGAN-GP on the bars"),
         Stage("gan-generate", "gan_torch", "generate", [*c, "--checkpoint", str(ckpt), "--out", str(synthetic)],
               [ckpt], [synthetic], {"gan": sec["gan"]}, "synthetic market windows"),
         Stage("gan-validate", "gan_torch", "validate",
-              [*c, "--checkpoint", str(ckpt), "--bars", str(bars), "--out-dir", str(r / "validation")],
-              [ckpt, bars], [r / "validation" / "validation.json"], {"gan": sec["gan"]},
+              [*c, "--checkpoint", str(ckpt), "--bars", str(bars), "--out-dir", str(L.validation)],
+              [ckpt, bars], [L.validation_json], {"gan": sec["gan"]},
               "fidelity vs held-out real data and baselines"),
         Stage("real-windows", "gan_torch", "windows",
               [*c, "--bars", str(bars), "--out", str(real_windows), "--holdout-frac", str(holdout),
                "--stride", str(cut["real_window_stride"]), "--min-active-frac", str(cut["real_min_active_frac"])],
               [bars], [real_windows], {"gan": sec["gan"], "cut": cut}, "real market windows (backtest period left out)"),
         Stage("teacher", "distill", "teach",
-              [*c, "--windows", str(synthetic), "--windows", str(real_windows), "--out-dir", str(r / "teacher")],
+              [*c, "--windows", str(synthetic), "--windows", str(real_windows), "--out-dir", str(L.teacher)],
               [synthetic, real_windows], [answers], {"distill": sec["distill"]}, "teacher answers"),
         Stage("dataset", "distill", "dataset", [*c, "--answers", str(answers), "--out-dir", str(dataset)],
-              [answers], [dataset / "train.jsonl", dataset / "valid.jsonl", dataset / "test.jsonl"],
+              [answers], [L.split("train"), L.split("valid"), L.split("test")],
               {"distill": sec["distill"]}, "canary-word training data"),
     ]
-    model = sec["finetune"].get("base_model")
-    if not model or model.startswith(str(cfg.get("run", {}).get("run_dir", "runs/"))):
+    model = merged["finetune"]["base_model"]
+    if not model or Path(model) == base:
         # the tiny preset builds its own offline student
         stages.append(Stage("student-base", "finetune_mlx", "build-tiny",
                             [*c, "--data", str(dataset), "--out", str(base)],
-                            [dataset / "train.jsonl"], [base], {"finetune": sec["finetune"]},
+                            [L.split("train")], [base], {"finetune": sec["finetune"]},
                             "tiny offline qwen2 student"))
         model_inputs = [base]
         model = str(base)
     else:
         model_inputs = []
-    test = dataset / "test.jsonl"
+    test = L.split("test")
     stages += [
         Stage("lora", "finetune_mlx", "lora", [*c, "--model", model, "--data", str(dataset), "--adapter-path", str(adapters)],
-              [*model_inputs, dataset / "train.jsonl", dataset / "valid.jsonl"], [adapters],
+              [*model_inputs, L.split("train"), L.split("valid")], [adapters],
               {"finetune": sec["finetune"]}, "LoRA with the canary-weighted loss"),
         Stage("fuse", "finetune_mlx", "fuse", [*c, "--model", model, "--adapter-path", str(adapters), "--out", str(fused)],
               [*model_inputs, adapters], [fused], {"finetune": sec["finetune"]}, "fused MLX model"),
         Stage("eval", "finetune_mlx", "eval",
               [*c, "--model", model, "--adapter-path", str(adapters), "--fused", str(fused),
-               "--test-file", str(test), "--out", str(r / "eval" / "eval.json")],
-              [*model_inputs, adapters, fused, test], [r / "eval" / "eval.json"], {"finetune": sec["finetune"]},
+               "--test-file", str(test), "--out", str(L.eval_json)],
+              [*model_inputs, adapters, fused, test], [L.eval_json], {"finetune": sec["finetune"]},
               "canary evaluation: base vs adapter vs fused"),
-        Stage("backtest", "chain", "backtest",
-              [*c, "--swaps", str(swaps), "--model", str(fused), "--out", str(r / "backtest"),
-               "--holdout-fraction", str(holdout)],
-              [swaps, fused], [r / "backtest" / "backtest.json"], {"agent": sec["agent"]},
+        Stage("backtest", "agent", "backtest",
+              [*c, "--swaps", str(swaps), "--model", str(fused), "--out", str(L.backtest),
+               "--holdout-frac", str(holdout)],
+              [swaps, fused], [L.backtest_json], {"agent": sec["agent"]},
               "the fused student trades the held-out swaps, beside the rules teacher, hold and 50/50"),
     ]
     return stages
@@ -177,7 +169,7 @@ def settings_hash(stage: Stage) -> str:
 
 
 def load_manifest(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "manifest.json"
+    path = RunLayout(run_dir).manifest
     if not path.exists():
         return {"stages": {}}
     try:
@@ -196,17 +188,6 @@ def is_current(stage: Stage, record: dict[str, Any] | None) -> bool:
     if record.get("inputs") != {str(p): fingerprint(p) for p in stage.inputs}:
         return False
     return record.get("outputs") == {str(p): fingerprint(p) for p in stage.outputs}
-
-
-def available(stage: Stage) -> bool:
-    """Is the stage's command built? (Lets the pipeline run what exists and name what does not.)"""
-    try:
-        import typer
-
-        module = importlib.import_module(f"{stage.package}.cli")
-        return stage.command in typer.main.get_command(module.app).commands
-    except (ImportError, AttributeError):
-        return False
 
 
 def versions() -> dict[str, str]:
@@ -234,13 +215,15 @@ def run(
     cfg = load(preset)
     for sec, values in (overrides or {}).items():
         cfg.setdefault(sec, {}).update(values)
-    run_cfg = {**RUN_DEFAULTS, **cfg.get("run", {})}
+    run_cfg = section(cfg, "run")
     run_dir = Path(run_dir or run_cfg["run_dir"])
+    cfg.setdefault("run", {})["run_dir"] = str(run_dir)  # a stage run by hand with -c R/config.yaml finds R
     source = source or {"kind": run_cfg["source"]}
     if source["kind"] == "csv" and not Path(source["path"]).is_file():
         raise UserError(f"swaps file not found: {source['path']}")
 
-    config_file = run_dir / "config.yaml"
+    layout = RunLayout(run_dir)
+    config_file = layout.config
     stages = plan(cfg, run_dir, config_file, source)
     names = [s.name for s in stages] + ["report"]
     force = set(force or [])
@@ -254,7 +237,7 @@ def run(
     effective = {k: v for k, v in cfg.items() if not k.startswith("_")}
     text = yaml.safe_dump(effective, sort_keys=False)
     if not config_file.exists() or config_file.read_text() != text:
-        atomic.write_text(config_file, text)
+        files.write_text(config_file, text)
     manifest = load_manifest(run_dir)
     manifest.update(preset=preset, run_dir=str(run_dir), source=_describe(source), versions=versions())
     if source["kind"] == "simulate":
@@ -267,31 +250,26 @@ def run(
         if not redo and stage.name not in force and "all" not in force and is_current(stage, record):
             console.print(f"[green]✓ {stage.name}[/] up to date ({stage.about})")
         else:
-            if not available(stage):
-                console.print(f"[yellow]■ {stage.name}: not built yet "
-                              f"(`{stage.package} {stage.command}` does not exist); stopping here")
-                manifest["status"] = f"stopped: {stage.name} not built yet"
-                atomic.write_json(run_dir / "manifest.json", manifest)
-                return manifest
             redo = True
             _run_stage(stage, manifest, run_dir)
         if stage.name == until:
             manifest["status"] = f"stopped after {until}"
-            atomic.write_json(run_dir / "manifest.json", manifest)
+            files.write_json(layout.manifest, manifest)
             return manifest
 
-    from finetune_mlx.report import write_report
+    from apeagent.report import write_report
 
     started = time.time()
     report = write_report(run_dir, manifest)
     manifest["stages"]["report"] = {"status": "done", "outputs": report, "seconds": round(time.time() - started, 2)}
     manifest["status"] = "done"
-    atomic.write_json(run_dir / "manifest.json", manifest)
-    console.print(f"[bold green]done[/]: report at {run_dir / 'report.md'}")
+    files.write_json(layout.manifest, manifest)
+    console.print(f"[bold green]done[/]: report at {layout.report_md}")
     return manifest
 
 
 def _run_stage(stage: Stage, manifest: dict[str, Any], run_dir: Path) -> None:
+    layout = RunLayout(run_dir)
     cmd = [sys.executable, "-m", stage.package, stage.command, *stage.args]
     console.print(f"[bold cyan]▶ {stage.name}[/]: {stage.about}")
     console.print(f"  [dim]$ {' '.join(cmd[1:])}")
@@ -309,23 +287,23 @@ def _run_stage(stage: Stage, manifest: dict[str, Any], run_dir: Path) -> None:
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     manifest["stages"][stage.name] = record
-    atomic.write_json(run_dir / "manifest.json", manifest)
+    files.write_json(layout.manifest, manifest)
     rc = subprocess.call(cmd)
     record["seconds"] = round(time.time() - started, 2)
     if rc != 0:
         record["status"] = "failed"
         record["exit_code"] = rc
         manifest["status"] = f"failed at {stage.name}"
-        atomic.write_json(run_dir / "manifest.json", manifest)
+        files.write_json(layout.manifest, manifest)
         raise StageFailed(stage.name, rc)
     missing = [str(p) for p in stage.outputs if not p.exists()]
     if missing:
         record["status"] = "failed"
-        atomic.write_json(run_dir / "manifest.json", manifest)
+        files.write_json(layout.manifest, manifest)
         raise StageFailed(stage.name, rc, f"did not write {', '.join(missing)}")
     record["status"] = "done"
     record["outputs"] = {str(p): fingerprint(p) for p in stage.outputs}
-    atomic.write_json(run_dir / "manifest.json", manifest)
+    files.write_json(layout.manifest, manifest)
     console.print(f"[green]✓ {stage.name}[/] in {record['seconds']:.1f}s")
 
 
@@ -358,7 +336,7 @@ def cli(
     until: str | None = None,
     set_: list[str] | None = None,
 ) -> None:
-    from finetune_mlx.config import parse_overrides
+    from apeagent.config import parse_overrides
 
     chosen = [x for x in (swaps, store, rpc_url) if x]
     if len(chosen) > 1:

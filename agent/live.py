@@ -1,14 +1,14 @@
 """The live agent loop: snapshot -> decision -> fill (paper) or swap (execute) -> journal.
 
 Every ``interval_seconds``: :func:`chain.snapshot.snapshot` reads the live pool (StateView
-``getSlot0`` / ``getLiquidity`` and the last ``snapshot_minutes`` of swaps); the market state
+``getSlot0`` / ``getLiquidity`` and the last window of swaps, ``window_bars`` bars); the market state
 is built from it; the policy decides.
 
 - paper (the default): the decision is filled against the snapshot's pool state with the
   exact pool math (fee, impact, gas) into a simulated portfolio. Nothing is ever signed
   or sent; the portfolio is resumed from the journal's last record on restart.
 - execute (opt-in): the portfolio is the account's on-chain balances; a trade becomes a
-  Universal Router V4 swap (:mod:`chain.execute`) with a minimum output and a deadline.
+  Universal Router V4 swap (:mod:`agent.execute`) with a minimum output and a deadline.
   ``dry_run`` prints the calldata instead of signing. Balance, allowance and key checks
   happen before a transaction is built; a failing check is journaled and stops the agent.
 
@@ -30,10 +30,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from chain.decide import History, Trade
-from chain.portfolio import USDC_UNIT, WEI, Portfolio, gas_wei, initial_portfolio, trade
+from agent.policies import History, Trade
+from agent.portfolio import USDC_UNIT, WEI, Portfolio, gas_wei, initial_portfolio, trade
+from apeagent.config import window_minutes
+from apeagent.errors import UserError
 from distill.prompt import LN_TICK, MarketState
-from finetune_mlx.errors import UserError
 
 PAPER, EXECUTE = "paper", "execute"
 
@@ -160,7 +161,7 @@ def run_agent(
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run the loop ``iterations`` times (0: until interrupted). Returns a short summary."""
-    from chain import execute as ex
+    from agent import execute as ex
     from chain.snapshot import snapshot
 
     if mode not in (PAPER, EXECUTE):
@@ -177,7 +178,7 @@ def run_agent(
             sleep(float(cfg["interval_seconds"]))
         snap = snapshot(
             [url],
-            minutes=int(cfg["snapshot_minutes"]),
+            minutes=window_minutes(cfg),
             allow_chain_id=chain_id if fork else None,
             max_retries=3,
         )

@@ -24,9 +24,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from apeagent.errors import UserError
 from distill.parse import APE_IN, APE_NEUTRAL, APE_OUT, parse_answer
 from distill.prompt import MarketState, format_prompt, system_prompt
-from finetune_mlx.errors import UserError
 
 
 @dataclass

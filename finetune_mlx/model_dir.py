@@ -10,7 +10,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from finetune_mlx.errors import UserError
+from apeagent.errors import UserError
 
 _ARCH_KEYS = (
     "model_type",

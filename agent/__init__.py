@@ -1,0 +1,1 @@
+"""The trading agent: policies, backtest, paper and live loop, execution, portfolio (above every stage)."""

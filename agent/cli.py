@@ -1,0 +1,285 @@
+"""`ape-agent` / `python -m agent`: ``backtest`` (held-out swaps) and ``trade`` (paper or live).
+
+MLX is imported only by the commands that load a model, after ``ensure_fast_blas()``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from apeagent.cli import ConfigOpt, RunDirOpt, run_cli
+from apeagent.errors import UserError
+from apeagent.layout import RunLayout
+
+app = typer.Typer(
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="The trading agent: backtest on held-out swaps, paper or live trading on the pool.",
+)
+console = Console(stderr=True, soft_wrap=True)
+
+
+@app.callback()
+def _group() -> None:
+    """Keep typer in multi-command mode."""
+
+
+def _config(
+    config: str | None, run_dir: Path | None, overrides: dict
+) -> tuple[dict, dict, RunLayout]:
+    """The agent section, the distill section (the rules teacher's thresholds, the prompt) and
+    the run layout."""
+    from apeagent.config import config_for, load, run_dir_of, section
+
+    cfg = load(config_for(config, run_dir))
+    return (
+        section(cfg, "agent", overrides),
+        section(cfg, "distill"),
+        RunLayout(run_dir or run_dir_of(cfg)),
+    )
+
+
+def _split(text: str | None) -> list[str] | None:
+    return None if text is None else [p.strip() for p in text.split(",") if p.strip()]
+
+
+def _needs_mlx(policies: list[str], cfg: dict) -> bool:
+    return "student" in policies or ("teacher" in policies and cfg["teacher"] != "rules")
+
+
+def _default_model(cfg: dict, run: RunLayout) -> None:
+    """No model configured: the run's fused student, if there."""
+    if not cfg["model"] and run.fused.is_dir():
+        cfg["model"] = str(run.fused)
+
+
+def _make_policies(names: list[str], cfg: dict, distill_cfg: dict, log=None) -> dict:
+    from agent.config import POLICIES
+    from agent.policies import make_policy
+
+    unknown = [n for n in names if n not in POLICIES]
+    if unknown or not names:
+        raise UserError(
+            f"unknown policy {', '.join(unknown) or '(none)'} (known: {', '.join(POLICIES)})"
+        )
+    if "student" in names and not cfg["model"]:
+        raise UserError(
+            "the student policy needs a model: --model DIR (a fused model, or a base model with --adapter)"
+        )
+    return {n: make_policy(n, cfg, distill_cfg, log=log) for n in names}
+
+
+@app.command()
+def backtest(
+    swaps: Path = typer.Option(
+        None, "--swaps", help="Swaps CSV or event store (.db) [RUN/chain/swaps.db]."
+    ),
+    out: Path = typer.Option(
+        None,
+        "--out",
+        help="Output dir for backtest.json, decisions.jsonl, equity.png [RUN/backtest].",
+    ),
+    model: str = typer.Option(
+        None, "--model", help="Student: fused MLX model dir (or base model with --adapter)."
+    ),
+    adapter: str = typer.Option(
+        None, "--adapter", help="LoRA adapters dir applied to --model."
+    ),
+    policies: str = typer.Option(
+        None, "--policies", help="Comma list: student,rules,teacher,hold,rebalance."
+    ),
+    holdout_frac: float = typer.Option(
+        None, "--holdout-frac", help="Last fraction of the swaps to trade on [market.holdout_frac]."
+    ),
+    interval_minutes: int = typer.Option(
+        None, "--interval-minutes", help="Minutes between decisions [15]."
+    ),
+    max_steps: int = typer.Option(
+        None, "--max-steps", help="Stop after this many decisions (0: all)."
+    ),
+    stateful: bool = typer.Option(
+        None, "--stateful/--stateless", help="Recent trades in the prompt."
+    ),
+    initial_value: float = typer.Option(
+        None, "--initial-value", help="Starting portfolio value, USDC."
+    ),
+    gas_price_gwei: float = typer.Option(None, "--gas-price-gwei"),
+    config: str = ConfigOpt,
+    run_dir: Path = RunDirOpt,
+) -> None:
+    """Replay held-out swaps; the student, the rules teacher, buy-and-hold and a 50/50
+    rebalancer trade side by side (fees, exact-math impact, gas)."""
+    cfg, dcfg, run = _config(
+        config,
+        run_dir,
+        {
+            "model": model,
+            "adapter": adapter,
+            "policies": _split(policies),
+            "holdout_frac": holdout_frac,
+            "interval_minutes": interval_minutes,
+            "max_steps": max_steps,
+            "stateful": stateful,
+            "initial_value_usdc": initial_value,
+            "gas_price_gwei": gas_price_gwei,
+        },
+    )
+    names = list(cfg["policies"])
+    if _needs_mlx(names, cfg):
+        from apeagent.blas import ensure_fast_blas
+
+        ensure_fast_blas()
+    from agent.backtest import load_rows, run_backtest
+
+    if swaps is None:
+        swaps = run.swaps_db
+        if not swaps.exists():
+            raise UserError(f"no swaps given: --swaps FILE (looked for {swaps})")
+    out = out or run.backtest
+    _default_model(cfg, run)
+    rows, source = load_rows(swaps)  # input errors before any model is loaded
+    pols = _make_policies(names, cfg, dcfg)
+    if source == "simulated":
+        console.print("[bold]SIMULATED[/bold] swaps: this backtest is not on real market data")
+    report = run_backtest(rows, pols, cfg, out, source=source, input_path=str(swaps))
+    table = Table(
+        title=f"backtest: {report['steps']} decisions on {report['holdout']['swaps']} held-out {source} swaps"
+    )
+    for col in (
+        "policy",
+        "return %",
+        "Sharpe",
+        "max DD %",
+        "trades",
+        "fees USDC",
+        "gas USDC",
+        "unparseable",
+    ):
+        table.add_column(col, justify="right")
+    for name, m in report["policies"].items():
+        table.add_row(
+            name,
+            f"{m['total_return_pct']:+.3f}",
+            f"{m['sharpe']:.2f}",
+            f"{m['max_drawdown_pct']:.3f}",
+            str(m["trades"]),
+            f"{m['fees_paid_usdc']:.2f}",
+            f"{m['gas_paid_usdc']:.4f}",
+            str(m["unparseable"]),
+        )
+    Console().print(table)
+    console.print(f"{out}/backtest.json, decisions.jsonl, equity.png")
+
+@app.command()
+def trade(
+    paper: bool = typer.Option(
+        True, "--paper/--execute", help="Paper trading (default) or real swaps (opt-in)."
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="With --execute: print the calldata, send nothing."
+    ),
+    rpc_url: list[str] = typer.Option(
+        None, "--rpc-url", help="Base JSON-RPC URL; repeat for fallbacks."
+    ),
+    policy: str = typer.Option(
+        "student", "--policy", help="student | rules | teacher | hold | rebalance."
+    ),
+    model: str = typer.Option(
+        None, "--model", help="Student: fused MLX model dir (or base with --adapter)."
+    ),
+    adapter: str = typer.Option(None, "--adapter"),
+    iterations: int = typer.Option(
+        0, "--iterations", help="Stop after N decisions (0: run until Ctrl-C)."
+    ),
+    interval_seconds: float = typer.Option(None, "--interval-seconds"),
+    journal: Path = typer.Option(
+        None, "--journal", help="JSONL journal, appended [agent.journal, else RUN/agent/journal.jsonl]."
+    ),
+    max_slippage_bps: int = typer.Option(None, "--max-slippage-bps"),
+    max_trade_eth: float = typer.Option(None, "--max-trade-eth"),
+    daily_loss_limit_pct: float = typer.Option(None, "--daily-loss-limit-pct"),
+    keystore: str = typer.Option(
+        None, "--keystore", help="Encrypted keystore JSON (else the key env var)."
+    ),
+    account: str = typer.Option(
+        None, "--account", help="Expected address: refuse a key for another one."
+    ),
+    fork: bool = typer.Option(
+        False, "--fork", help="Accept another chain id on a loopback RPC (a local fork)."
+    ),
+    stateful: bool = typer.Option(None, "--stateful/--stateless"),
+    config: str = ConfigOpt,
+    run_dir: Path = RunDirOpt,
+) -> None:
+    """Trade the live pool: paper fills by default; --execute sends Universal Router swaps."""
+    cfg, dcfg, run = _config(
+        config,
+        run_dir,
+        {
+            "model": model,
+            "adapter": adapter,
+            "rpc_urls": list(rpc_url) if rpc_url else None,
+            "interval_seconds": interval_seconds,
+            "journal": str(journal) if journal else None,
+            "max_slippage_bps": max_slippage_bps,
+            "max_trade_eth": max_trade_eth,
+            "daily_loss_limit_pct": daily_loss_limit_pct,
+            "account": account,
+            "stateful": stateful,
+        },
+    )
+    if dry_run and paper:
+        raise UserError("--dry-run goes with --execute (paper trading never sends anything)")
+    if iterations < 0:
+        raise UserError("--iterations must be >= 0")
+    if _needs_mlx([policy], cfg):
+        from apeagent.blas import ensure_fast_blas
+
+        ensure_fast_blas()
+    from agent.live import EXECUTE, PAPER, Journal, run_agent
+
+    _default_model(cfg, run)
+    mode = PAPER if paper else EXECUTE
+    if mode == EXECUTE:
+        # Key, chain and RPC problems surface before a model is loaded.
+        from agent.execute import connect, load_account
+
+        load_account(cfg, keystore)
+        connect(cfg["rpc_urls"], fork=fork, expected_chain_id=int(cfg["chain_id"]))
+    journal_path = Path(cfg["journal"]) if cfg["journal"] else run.journal
+    Journal(journal_path)  # a corrupt journal is an error before anything runs
+
+    def log(event: dict) -> None:
+        console.print(
+            f"unparseable answer ({event['reason']}), counted as APE NEUTRAL: {event['raw'][:200]!r}"
+        )
+
+    pols = _make_policies([policy], cfg, dcfg, log=log)
+    summary = run_agent(
+        pols[policy],
+        cfg,
+        mode=mode,
+        rpc_urls=cfg["rpc_urls"],
+        journal=journal_path,
+        iterations=iterations,
+        dry_run=dry_run,
+        fork=fork,
+        keystore=keystore,
+        echo=typer.echo,
+    )
+    console.print(
+        f"{summary['journal']}: {summary['iterations']} decisions, {summary['trades']} trades, "
+        f"{summary['unparseable']} unparseable, {summary['halted']} halted ({mode})"
+    )
+
+
+def main() -> None:
+    run_cli(app)
+
+
+if __name__ == "__main__":
+    main()
