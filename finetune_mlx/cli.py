@@ -354,9 +354,11 @@ def print_eval(report: dict) -> None:
 def eval_cmd(
     model: str = typer.Option(None, "--model", help="Base model dir [finetune.base_model]."),
     adapter_path: Path = typer.Option(
-        None, "--adapter-path", help="Adapter dir (adds base+adapter)."
+        None, "--adapter-path", help="Adapter dir (adds base+adapter) [RUN/student/adapters]."
     ),
-    fused: Path = typer.Option(None, "--fused", help="Fused model dir (adds fused)."),
+    fused: Path = typer.Option(
+        None, "--fused", help="Fused model dir (adds fused) [RUN/student/fused]."
+    ),
     data: Path = typer.Option(
         None, "--data", help="Dataset dir; test.jsonl is used [RUN/dataset]."
     ),
@@ -381,6 +383,9 @@ def eval_cmd(
     cfg, run = _settings(
         config, run_dir, {"base_model": model, "eval_limit": limit, "max_tokens": max_tokens}
     )
+    if adapter_path is None and fused is None:  # the run's own student, when it has one
+        adapter_path = run.adapters if run.adapters.is_dir() else None
+        fused = run.fused if run.fused.is_dir() else None
     variants: dict = {}
     if not no_base or adapter_path is not None:
         base = resolve_model(cfg["base_model"])

@@ -236,26 +236,32 @@ def windows_cmd(
     ),
     window: int = typer.Option(None, "--window", help="Bars per window [market.window_bars]."),
     stride: int = typer.Option(
-        None, "--stride", help="Bars between starts [market.window_bars: no overlap]."
+        None, "--stride", help="Bars between starts [distill.real_window_stride; 0: no overlap]."
     ),
     min_active_frac: float = typer.Option(
-        0.0, "--min-active-frac", help="Skip windows with fewer non-empty bars."
+        None, "--min-active-frac", help="Skip windows with fewer non-empty bars [distill.real_min_active_frac]."
     ),
     holdout_frac: float = typer.Option(
-        0.0,
+        None,
         "--holdout-frac",
-        help="Leave out the last fraction of the swaps (the backtest's held-out period).",
+        help="Leave out the last fraction of the swaps, the backtest's held-out period [market.holdout_frac].",
     ),
     config: str = ConfigOpt,
     run_dir: Path = RunDirOpt,
 ) -> None:
     """Cut REAL windows from bars into the windows.parquet schema (ids in time order)."""
+    from apeagent.config import config_for, load, section
     from gan_torch.data import read_bars, real_windows, split_bounds, write_windows
 
-    cfg, run = _cfg(config, run_dir, {"window_bars": window})
+    cfg, run = _cfg(config, run_dir, {"window_bars": window, "holdout_frac": holdout_frac})
+    # the teacher's real-window cut (the same keys the pipeline passes)
+    cut = section(load(config_for(config, run_dir)), "distill")
     bars, out = bars or run.bars, out or run.real_windows
+    holdout_frac = cfg["holdout_frac"]
+    if min_active_frac is None:
+        min_active_frac = cut["real_min_active_frac"]
     w = cfg["window_bars"]
-    s = stride or w
+    s = (cut["real_window_stride"] if stride is None else stride) or w
     if w < 2 or s < 1:
         raise UserError(f"--window must be >= 2 and --stride >= 1 (got {w}, {s})")
     if not 0.0 <= holdout_frac < 1.0:

@@ -253,6 +253,8 @@ def test_cli_train_generate_validate(bars, tmp_path):
             "16",
             "--stride",
             "16",
+            "--holdout-frac",
+            "0",
         ],
     )
     assert res.exit_code == 0, res.output

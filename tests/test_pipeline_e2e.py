@@ -82,3 +82,41 @@ def test_rerun_skips_finished_stages_and_force_redoes_one(run):
     after = json.loads((run / "manifest.json").read_text())["stages"]
     assert after["eval"]["started"] != before["eval"]["started"]
     assert after["lora"]["started"] == before["lora"]["started"]
+
+
+def _cmd(*args):
+    return subprocess.run([sys.executable, "-m", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_every_stage_command_finds_its_inputs_from_the_run_folder_alone(run, tmp_path):
+    """After a pipeline run, each stage command and the agent run with ``--run-dir`` only (size
+    flags aside) and find the files the pipeline wrote (issue 12's RunLayout)."""
+    r = str(run)
+    assert f"run_dir: {run}" in (run / "config.yaml").read_text()  # -c R/config.yaml finds R too
+    cheap = [
+        ("chain", "process", "-r", r),
+        ("chain", "export", "-r", r, "--csv", tmp_path / "swaps.csv"),
+        ("gan_torch", "windows", "-r", r),
+        ("gan_torch", "generate", "-r", r, "--n", "16"),
+        ("gan_torch", "validate", "-r", r, "--quiet"),
+        ("distill", "teach", "-r", r),
+        ("distill", "dataset", "-r", r),
+        ("distill", "check", "-r", r),
+        ("distill", "show", "-r", r, "--n", "1"),
+        ("finetune_mlx", "generate", "-r", r),
+        ("finetune_mlx", "eval", "-r", r, "--limit", "8", "--no-base"),
+        ("agent", "backtest", "-r", r, "--max-steps", "4", "--policies", "student,rules"),
+        # the expensive ones last, with small sizes (they overwrite the run's outputs)
+        ("gan_torch", "train", "-r", r, "--steps", "2", "--quiet"),
+        ("finetune_mlx", "lora", "-r", r, "--iters", "2"),
+        ("finetune_mlx", "fuse", "-r", r),
+        ("finetune_mlx", "build-tiny", "-r", r, "--pretrain-steps", "0"),
+    ]
+    for args in cheap:
+        done = _cmd(*args)
+        assert done.returncode == 0, f"{' '.join(map(str, args))}:\n{done.stderr[-2000:]}"
+    answered = _cmd("finetune_mlx", "generate", "-c", run / "config.yaml")  # the config alone, too
+    assert answered.returncode == 0 and "APE " in answered.stdout + answered.stderr, answered.stderr[-2000:]
+    assert json.loads((run / "backtest" / "backtest.json").read_text())["steps"] == 4
+    assert json.loads((run / "eval" / "eval.json").read_text())["n"] == 8
