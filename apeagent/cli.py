@@ -39,6 +39,10 @@ RunDirOpt = typer.Option(
     help="Run folder: inputs and outputs default to its layout [run.run_dir of the config].",
 )
 
+# RPC endpoints carry API keys: the pipeline hands them to `ape-chain collect` through this
+# variable (whitespace-separated), never on a command line that `ps` or a manifest would show
+RPC_URLS_ENV = "APE_RPC_URLS"
+
 # what run_cli turns into one line (anything else is a bug: it keeps its traceback)
 BAD_INPUT = (
     UserError,
