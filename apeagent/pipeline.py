@@ -307,9 +307,13 @@ def _check_sqlite(path: Path) -> None:
     """A SQLite file, opened read-only (a 0-byte file is no store, and must not become one)."""
     if path.stat().st_size == 0:
         raise UserError(f"event store {path}: empty file, not a SQLite store")
+    # immutable unless a writer left a -wal file: checking must not leave -wal/-shm files behind
+    wal = path.with_name(path.name + "-wal").exists()
+    uri = f"{path.resolve().as_uri()}?mode=ro{'' if wal else '&immutable=1'}"
     try:
-        with contextlib.closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as db:
-            db.execute("PRAGMA schema_version").fetchone()
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+            if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise sqlite3.DatabaseError("integrity check failed")
     except sqlite3.DatabaseError as e:
         raise UserError(f"event store {path}: not a usable SQLite store ({e})") from None
 

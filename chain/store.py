@@ -106,7 +106,10 @@ class Store:
             if readonly:
                 if not self.path.is_file() or self.path.stat().st_size == 0:
                     raise UserError(f"{self.path}: no event store here (missing or empty file)")
-                uri = f"{self.path.resolve().as_uri()}?mode=ro"
+                # no -wal file: nothing is pending, so read the file as immutable and leave no
+                # -wal/-shm behind (a read-only command must not change the folder)
+                wal = self.path.with_name(self.path.name + "-wal").exists()
+                uri = f"{self.path.resolve().as_uri()}?mode=ro{'' if wal else '&immutable=1'}"
                 self.db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30)
                 if self.db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
                     raise sqlite3.DatabaseError("quick_check failed")
