@@ -122,7 +122,7 @@ def read_swaps_csv(path: str | Path, pool: str | None = ETH_USDC_POOL_ID) -> lis
     """Read, check and order a swaps CSV. Any bad line raises UserError naming it."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"swaps CSV not found: {path}")
+        raise UserError(f"swaps CSV {'is a directory' if path.is_dir() else 'not found'}: {path}")
     want_pool = norm_hex32(pool) if pool else None
     rows: list[dict[str, Any]] = []
     # utf-8-sig: a spreadsheet's UTF-8 BOM is not part of the first column's name

@@ -115,6 +115,8 @@ class Store:
                     raise sqlite3.DatabaseError("quick_check failed")
                 self.db.execute("SELECT 1 FROM swaps LIMIT 1").fetchall()
                 return
+            if self.path.is_dir():
+                raise UserError(f"{self.path}: is a directory, not an event store file")
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
             self.db.execute("PRAGMA journal_mode=WAL")
