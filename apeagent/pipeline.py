@@ -395,7 +395,7 @@ def cli(
 
     chosen = [x for x in (swaps, store, rpc_url) if x]
     if len(chosen) > 1:
-        raise UserError("choose one data source: --swaps, --store or --rpc-url")
+        raise UserError(f"choose one data source: --swaps, --store or --rpc-url (or ${RPC_URLS_ENV})")
     if swaps:
         source = {"kind": "csv", "path": str(swaps)}
     elif store:

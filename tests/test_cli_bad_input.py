@@ -245,3 +245,11 @@ def test_bad_input_gives_one_clear_line(case, results):
     assert needle.lower() in lines[0].lower(), lines[0]
     assert not any(s in r["stderr"] + r["stdout"] for s in SECRETS), lines[0]
     assert not r["changed"], r["diff"]
+
+
+def test_debug_shows_the_traceback(workspace, tmp_path):
+    shutil.copytree(workspace, tmp_path / "ws")
+    for argv, env in ((["--debug"], {}), ([], {"APE_DEBUG": "1"})):
+        p = subprocess.run([sys.executable, "-m", "chain", "simulate", "--n-swaps", "5", "--out", "adir", *argv],
+                           cwd=tmp_path / "ws", env={**_env(), **env}, capture_output=True, text=True)
+        assert p.returncode != 0 and "Traceback" in p.stderr and "IsADirectoryError" in p.stderr
