@@ -85,3 +85,31 @@ def test_pipeline_ingest_writes_and_prints_no_secret(tmp_path):
 
     with Store(run / "chain" / "swaps.db", readonly=True) as store:
         assert store.count() == len(rows)  # the key did not stop the data from coming
+
+
+def test_openai_teacher_report_redacted_and_no_key_over_plain_http(tmp_path, monkeypatch):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from distill_fixtures import FakeOpenAI, share_answer, write_windows
+
+    from apeagent.errors import UserError
+    from distill.config import DEFAULTS
+    from distill.teach import teach
+    from distill.teachers import OpenAITeacher
+
+    monkeypatch.setenv("APE_TEST_TEACHER_KEY", "sk-test-never-over-http-123")
+    cfg = dict(DEFAULTS, teacher="openai", model="fake", api_key_env="APE_TEST_TEACHER_KEY",
+               http_retries=1, backoff=0.01, request_timeout=10.0)
+    with pytest.raises(UserError, match="refusing to send the API key over plain http"):
+        OpenAITeacher(dict(cfg, base_urls=["http://teacher.example.com:8080/v1"])).check()
+    server = FakeOpenAI(answer=share_answer, key="sk-test-never-over-http-123")
+    try:
+        url = server.url.replace("/v1", f"/{KEY}/v1")  # a key in the path (the server ignores it)
+        rep = teach(dict(cfg, base_urls=[url]), [write_windows(tmp_path / "w.parquet", 4, seed=1)],
+                    tmp_path / "teach")
+    finally:
+        server.close()
+    assert rep["accepted"] == 4
+    for f in (tmp_path / "teach").iterdir():
+        text = f.read_text()
+        assert KEY not in text and "sk-test-never-over-http" not in text, f
+    assert "/***/v1" in (tmp_path / "teach" / "teacher_report.json").read_text()
