@@ -50,7 +50,7 @@ def load_rows(path: str | Path) -> tuple[list[dict[str, Any]], str]:
     elif path.suffix.lower() in (".db", ".sqlite", ".sqlite3"):
         from chain.store import Store
 
-        with Store(path) as store:
+        with Store(path, readonly=True) as store:
             rows = list(store.swaps())
     else:
         raise UserError(f"{path}: expected a swaps CSV (.csv) or an event store (.db)")

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from apeagent.cli import ConfigOpt, RunDirOpt, run_cli
 from apeagent.errors import UserError
+from apeagent.files import check_output
 from apeagent.layout import RunLayout
 
 app = typer.Typer(
@@ -140,6 +141,7 @@ def backtest(
         if not swaps.exists():
             raise UserError(f"no swaps given: --swaps FILE (looked for {swaps})")
     out = out or run.backtest
+    check_output(out, folder=True)  # before the swaps are read
     _default_model(cfg, run)
     rows, source = load_rows(swaps)  # input errors before any model is loaded
     pols = _make_policies(names, cfg, dcfg)
@@ -251,6 +253,7 @@ def trade(
         load_account(cfg, keystore)
         connect(cfg["rpc_urls"], fork=fork, expected_chain_id=int(cfg["chain_id"]))
     journal_path = Path(cfg["journal"]) if cfg["journal"] else run.journal
+    check_output(journal_path)
     Journal(journal_path)  # a corrupt journal is an error before anything runs
 
     def log(event: dict) -> None:

@@ -34,6 +34,7 @@ from agent.policies import History, Trade
 from agent.portfolio import USDC_UNIT, WEI, Portfolio, gas_wei, initial_portfolio, trade
 from apeagent.config import window_minutes
 from apeagent.errors import UserError
+from apeagent.redact import redact_obj
 from distill.prompt import LN_TICK, MarketState
 
 PAPER, EXECUTE = "paper", "execute"
@@ -83,7 +84,7 @@ class Journal:
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as f:
-            f.write(("\n" if self._cut else "") + json.dumps(rec, default=str) + "\n")
+            f.write(("\n" if self._cut else "") + json.dumps(redact_obj(rec), default=str) + "\n")
             f.flush()
             os.fsync(f.fileno())
         self._cut = False

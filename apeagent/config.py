@@ -39,9 +39,15 @@ def resolve(preset_or_path: str | Path) -> Path:
     """A preset name (``tiny``, ``mac``) or a path to a YAML file."""
     text = str(preset_or_path)
     candidate = Path(text)
-    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
-        if not candidate.is_file():
-            raise ConfigError(f"config file not found: {candidate}")
+    try:
+        is_file = candidate.is_file()
+        looks_like_file = is_file or candidate.suffix in (".yaml", ".yml") or candidate.exists()
+    except OSError as e:  # a name too long for the file system, ...
+        raise ConfigError(f"config file {_short(text, 80)!r}: {e.strerror or e}") from None
+    if looks_like_file:
+        if not is_file:
+            why = "is a directory" if candidate.is_dir() else "not found"
+            raise ConfigError(f"config file {why}: {candidate}")
         return candidate
     path = PRESET_DIR / f"{text}.yaml"
     if not path.is_file():
@@ -49,27 +55,59 @@ def resolve(preset_or_path: str | Path) -> Path:
     return path
 
 
-def load(preset_or_path: str | Path = "tiny") -> dict[str, Any]:
-    """Load a preset or config file. A file may ``extends: <preset>`` and override parts."""
+def load(preset_or_path: str | Path = "tiny", *, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Load a preset or config file. A file may ``extends: <preset or path>`` and override parts.
+
+    A relative ``extends:`` path is read from the folder of the file that says it; a chain of
+    files that comes back to one of its own is an error. ``_origins`` records which file set
+    each ``section.key``, so an error names the file that holds the bad key.
+    """
     path = resolve(preset_or_path)
+    here = path.resolve()
+    if here in _chain:
+        loop = " -> ".join(str(p) for p in (*_chain, here))
+        raise ConfigError(f"{path}: extends itself ({loop})")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: malformed YAML: {e}") from None
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file") from None
+    except (yaml.YAMLError, ValueError, RecursionError) as e:
+        raise ConfigError(f"{path}: malformed YAML: {_short(e)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
     base: dict[str, Any] = {}
     parent = data.pop("extends", None)
     if parent is not None:
-        base = load(parent)
+        if not isinstance(parent, str) or not parent:
+            raise ConfigError(f"{path}: extends must be a preset name or a YAML path, got {parent!r}")
+        target = Path(parent)
+        if target.suffix in (".yaml", ".yml") or len(target.parts) > 1:  # a file, not a preset name
+            target = path.parent / target  # (an absolute path stays itself)
+        elif (PRESET_DIR / f"{parent}.yaml").is_file():
+            target = PRESET_DIR / f"{parent}.yaml"
+        else:
+            raise ConfigError(f"{path}: extends {parent!r}: unknown preset (known: {', '.join(preset_names())})")
+        base = load(target, _chain=(*_chain, here))
+    origins = base.pop("_origins", {})
+    base.pop("_source", None)
     for key, value in data.items():
         if key not in SECTIONS:
             raise ConfigError(f"{path}: unknown section {key!r} (known: {', '.join(SECTIONS)})")
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: section {key!r} must be a mapping")
         base.setdefault(key, {}).update(value)
+        origins.update({f"{key}.{k}": str(path) for k in value})
     base["_source"] = str(path)
+    base["_origins"] = origins
     return base
+
+
+def apply_overrides(config: dict[str, Any], overrides: dict[str, dict[str, Any]], origin: str = "--set") -> None:
+    """Merge ``--set`` style overrides into a loaded config; errors about them name ``origin``."""
+    origins = config.setdefault("_origins", {})
+    for sec, values in overrides.items():
+        config.setdefault(sec, {}).update(values)
+        origins.update({f"{sec}.{k}": f"{origin} {sec}.{k}" for k in values})
 
 
 def defaults(name: str) -> dict[str, Any]:
@@ -91,24 +129,94 @@ def section(
     base = defaults(name)
     own = DEFAULTS[name]
     source = config.get("_source", "<config>")
+    origins = config.get("_origins", {})
     layers = [(config.get(name) or {}, name, own)]
     if name in STAGES:
         layers.insert(0, (config.get(SHARED) or {}, SHARED, DEFAULTS[SHARED]))
     for values, sec, known in layers:
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: section {sec!r} must be a mapping")
         for key, value in values.items():
+            where = origins.get(f"{sec}.{key}", source)
             if key not in known:
                 hint = f"; it is {SHARED}.{key}" if sec != SHARED and key in DEFAULTS[SHARED] else ""
                 raise ConfigError(
-                    f"{source}: unknown key {sec}.{key}{hint} (known: {', '.join(sorted(known))})"
+                    f"{where}: unknown key {sec}.{key}{hint} (known: {', '.join(sorted(known))})"
                 )
-            base[key] = _coerce(value, known[key], f"{source}: {sec}.{key}")
+            label = where if where.endswith(f"{sec}.{key}") else f"{where}: {sec}.{key}"
+            base[key] = check_range(f"{sec}.{key}", _coerce(value, known[key], label), label)
     for key, value in (overrides or {}).items():
         if value is None:
             continue
         if key not in base:
             raise ConfigError(f"unknown override {name}.{key}")
-        base[key] = _coerce(value, base[key] if key in own else DEFAULTS[SHARED][key], f"override {name}.{key}")
+        sec = name if key in own else SHARED
+        label = f"override {sec}.{key}"
+        base[key] = check_range(f"{sec}.{key}", _coerce(value, DEFAULTS[sec][key], label), label)
     return base
+
+
+# Ranges of the numbers where a negative, zero or huge value makes no sense. Every other number
+# of defaults.yaml must be >= 0 (none is meaningfully negative) and fit in 64 bits.
+AT_LEAST_ONE = {
+    "market": ("bar_seconds", "window_bars"),
+    "chain": ("chunk_size", "max_chunk", "concurrency", "batch_size", "sim_swaps"),
+    "gan": ("d_model", "num_heads", "num_layers", "ff_mult", "noise_dim", "cond_tokens", "critic_hidden",
+            "mb_kernels", "mb_dim", "steps", "batch_size", "n_critic", "checkpoint_every", "eval_every",
+            "log_every", "quick_test_steps", "n_generate", "bootstrap_block"),
+    "distill": ("batch_size", "max_tokens", "max_draft_words", "max_drafts", "concurrency", "portfolios_per_window",
+                "max_seq_length"),
+    "finetune": ("lora_rank", "batch_size", "iters", "grad_accumulation_steps", "max_seq_length",
+                 "val_batches", "steps_per_report", "steps_per_eval", "save_every", "num_processes",
+                 "max_tokens", "tiny_hidden_size", "tiny_num_layers", "tiny_num_heads", "tiny_num_kv_heads",
+                 "tiny_vocab_size", "tiny_pretrain_batch_size"),
+    "agent": ("max_tokens", "interval_minutes", "context_tokens", "gas_units", "deadline_seconds", "chain_id"),
+}
+FRACTIONS = {  # in [0, 1]
+    "market": ("holdout_frac",),
+    "gan": ("min_active_frac", "val_frac", "noise_anneal_frac", "select_from_frac", "ema_decay",
+            "step_bound_quantile"),
+    "distill": ("top_p", "real_min_active_frac", "in_band_fraction", "trade_fraction", "valid_fraction",
+                "test_fraction"),
+    "finetune": ("min_lr_ratio", "lora_dropout"),
+    "agent": ("initial_eth_share", "default_trade_fraction"),
+}
+POSITIVE = {  # > 0
+    "chain": ("timeout_s", "poll_s"),
+    "gan": ("lr_g", "lr_c", "step_bound_mult"),
+    "distill": ("request_timeout", "portfolio_min_usdc", "portfolio_max_usdc"),
+    "finetune": ("learning_rate", "lora_scale"),
+    "agent": ("initial_value_usdc", "max_trade_eth", "interval_seconds"),
+}
+AT_LEAST = {"finetune.num_layers": -1}  # -1: every block
+INT64 = 2**63 - 1
+
+
+def check_range(dotted: str, value: Any, where: str) -> Any:
+    """A number of ``section.key`` within its range (see above); other values pass unchanged."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    sec, key = dotted.split(".", 1)
+    low = AT_LEAST.get(dotted, 0)
+    if key in AT_LEAST_ONE.get(sec, ()):
+        low = 1
+    if value != value or abs(value) == float("inf"):
+        raise ConfigError(f"{where}: must be a finite number, got {value!r}")
+    if abs(value) > INT64:
+        raise ConfigError(f"{where}: number too large (more than 64 bits)")
+    if key in POSITIVE.get(sec, ()) and value <= 0:
+        raise ConfigError(f"{where}: must be > 0, got {value!r}")
+    if value < low:
+        raise ConfigError(f"{where}: must be >= {low}, got {value!r}")
+    if key in FRACTIONS.get(sec, ()) and value > 1:
+        raise ConfigError(f"{where}: must be between 0 and 1, got {value!r}")
+    return value
+
+
+def _short(x: Any, n: int = 60) -> str:
+    """A value or message cut to ``n`` characters (a 100,000-digit number stays one short line)."""
+    text = str(x)
+    return text if len(text) <= n else f"{text[:n]}… ({len(text)} characters)"
 
 
 def window_minutes(settings: dict[str, Any]) -> int:
@@ -157,7 +265,11 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, dict[str, Any]]:
         sec, key = dotted.split(".", 1)
         if sec not in SECTIONS:
             raise ConfigError(f"override {pair!r}: unknown section {sec!r}")
-        out.setdefault(sec, {})[key] = yaml.safe_load(raw)
+        try:
+            value = yaml.safe_load(raw)
+        except (yaml.YAMLError, ValueError, RecursionError) as e:
+            raise ConfigError(f"override {_short(dotted)}: cannot read the value: {_short(e)}") from None
+        out.setdefault(sec, {})[key] = value
     return out
 
 

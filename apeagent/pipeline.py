@@ -10,9 +10,12 @@ at the first stage that has not finished.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata as md
 import json
+import os
+import sqlite3
 import subprocess
 import sys
 import time
@@ -24,9 +27,11 @@ import yaml
 from rich.console import Console
 
 from apeagent import files
-from apeagent.config import SECTIONS, SHARED, load, section, validate
+from apeagent.cli import RPC_URLS_ENV
+from apeagent.config import SECTIONS, SHARED, apply_overrides, load, section, validate
 from apeagent.errors import UserError
 from apeagent.layout import RunLayout
+from apeagent.redact import redact, redact_obj, redact_url
 
 console = Console(stderr=True)
 
@@ -44,6 +49,7 @@ class Stage:
     settings: dict[str, Any] = field(default_factory=dict)
     about: str = ""
     fresh: bool = False  # remove old outputs first (an import must not merge into a stale store)
+    env: dict[str, str] = field(default_factory=dict, repr=False)  # secrets: never stored or printed
 
 
 def plan(cfg: dict[str, Any], run_dir: Path, config_file: Path, source: dict[str, Any]) -> list[Stage]:
@@ -54,8 +60,10 @@ def plan(cfg: dict[str, Any], run_dir: Path, config_file: Path, source: dict[str
     real_windows, answers, dataset = L.real_windows, L.answers, L.dataset
     base, adapters, fused = L.student_base, L.adapters, L.fused
     merged = validate(cfg)  # every section, before anything runs
-    # a stage's fingerprint covers its own section and the shared market quantities
-    sec = {name: {**cfg.get(SHARED, {}), **cfg.get(name, {})} for name in SECTIONS}
+    # a stage's fingerprint covers its own section and the shared market quantities (redacted:
+    # the manifest keeps only the hash, but nothing secret goes into it either)
+    shown = redact_obj({k: v for k, v in cfg.items() if not k.startswith("_")})
+    sec = {name: {**shown.get(SHARED, {}), **shown.get(name, {})} for name in SECTIONS}
     # the last part of the swaps is never trained on: the GAN validates and the agent backtests there
     holdout = merged[SHARED]["holdout_frac"]
     stages: list[Stage] = []
@@ -77,14 +85,13 @@ def plan(cfg: dict[str, Any], run_dir: Path, config_file: Path, source: dict[str
     elif kind == "rpc":
         swaps = db
         args = [*c, "--db", str(db)]
-        for url in source["urls"]:
-            args += ["--rpc-url", url]
         for flag in ("from_block", "to_block"):
             if source.get(flag) is not None:
                 args += [f"--{flag.replace('_', '-')}", str(source[flag])]
         stages.append(Stage("ingest", "chain", "collect", args, [], [db],
-                            {"chain": sec["chain"], "source": {k: v for k, v in source.items() if k != "urls"}},
-                            "collect swaps from the RPC endpoint(s)"))
+                            {"chain": sec["chain"], "source": _describe(source)},
+                            "collect swaps from the RPC endpoint(s)",
+                            env={RPC_URLS_ENV: " ".join(source["urls"])}))
     else:
         raise UserError(f"unknown data source {kind!r}")
 
@@ -174,7 +181,7 @@ def load_manifest(run_dir: Path) -> dict[str, Any]:
         return {"stages": {}}
     try:
         return json.loads(path.read_text())
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         # written atomically, so this is a hand edit gone wrong; starting over is safe
         console.print(f"[yellow]warning: {path} is not valid JSON; all stages will re-run")
         return {"stages": {}}
@@ -213,18 +220,20 @@ def run(
 ) -> dict[str, Any]:
     """Run (or resume) the pipeline. Returns the manifest."""
     cfg = load(preset)
-    for sec, values in (overrides or {}).items():
-        cfg.setdefault(sec, {}).update(values)
+    apply_overrides(cfg, overrides or {})
     run_cfg = section(cfg, "run")
     run_dir = Path(run_dir or run_cfg["run_dir"])
     cfg.setdefault("run", {})["run_dir"] = str(run_dir)  # a stage run by hand with -c R/config.yaml finds R
-    source = source or {"kind": run_cfg["source"]}
-    if source["kind"] == "csv" and not Path(source["path"]).is_file():
-        raise UserError(f"swaps file not found: {source['path']}")
+    source = dict(source or {"kind": run_cfg["source"]})
+    if source["kind"] == "rpc" and not source.get("urls"):
+        source["urls"] = list(section(cfg, "chain")["rpc_urls"])
+        if not source["urls"]:
+            raise UserError("run.source is rpc but no endpoint is given: --rpc-url URL (or chain.rpc_urls)")
+    check_inputs(source, run_dir)
 
     layout = RunLayout(run_dir)
     config_file = layout.config
-    stages = plan(cfg, run_dir, config_file, source)
+    stages = plan(cfg, run_dir, config_file, source)  # validates the whole config
     names = [s.name for s in stages] + ["report"]
     force = set(force or [])
     unknown = force - set(names) - {"all"}
@@ -234,7 +243,8 @@ def run(
         raise UserError(f"--until: unknown stage {until!r} (stages: {', '.join(names)})")
 
     # every stage reads the same effective config (preset + --set overrides), kept with the run
-    effective = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    # (redacted: an endpoint's key reaches its stage through the environment only)
+    effective = redact_obj({k: v for k, v in cfg.items() if not k.startswith("_")})
     text = yaml.safe_dump(effective, sort_keys=False)
     if not config_file.exists() or config_file.read_text() != text:
         files.write_text(config_file, text)
@@ -254,7 +264,7 @@ def run(
             _run_stage(stage, manifest, run_dir)
         if stage.name == until:
             manifest["status"] = f"stopped after {until}"
-            files.write_json(layout.manifest, manifest)
+            save_manifest(run_dir, manifest)
             return manifest
 
     from apeagent.report import write_report
@@ -263,16 +273,61 @@ def run(
     report = write_report(run_dir, manifest)
     manifest["stages"]["report"] = {"status": "done", "outputs": report, "seconds": round(time.time() - started, 2)}
     manifest["status"] = "done"
-    files.write_json(layout.manifest, manifest)
+    save_manifest(run_dir, manifest)
     console.print(f"[bold green]done[/]: report at {layout.report_md}")
     return manifest
 
 
+def check_inputs(source: dict[str, Any], run_dir: Path) -> None:
+    """Every input path exists and the run folder can be written, before anything is written."""
+    kind = source["kind"]
+    if kind in ("csv", "store"):
+        path = Path(source["path"])
+        what = "swaps file" if kind == "csv" else "event store"
+        if not path.exists():
+            raise UserError(f"{what} not found: {path}")
+        if not path.is_file():
+            raise UserError(f"{what} {path}: is a directory, not a file")
+        if not os.access(path, os.R_OK):
+            raise UserError(f"{what} {path}: permission denied")
+        if kind == "store":
+            _check_sqlite(path)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--run-dir {run_dir}: is a file, not a folder")
+    parent = run_dir
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"--run-dir {run_dir}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"--run-dir {run_dir}: {parent} is not writable")
+
+
+def _check_sqlite(path: Path) -> None:
+    """A SQLite file, opened read-only (a 0-byte file is no store, and must not become one)."""
+    if path.stat().st_size == 0:
+        raise UserError(f"event store {path}: empty file, not a SQLite store")
+    # immutable unless a writer left a -wal file: checking must not leave -wal/-shm files behind
+    wal = path.with_name(path.name + "-wal").exists()
+    uri = f"{path.resolve().as_uri()}?mode=ro{'' if wal else '&immutable=1'}"
+    try:
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
+            if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                raise sqlite3.DatabaseError("integrity check failed")
+    except sqlite3.DatabaseError as e:
+        raise UserError(f"event store {path}: not a usable SQLite store ({e})") from None
+
+
+def save_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
+    """The manifest, redacted (apeagent/redact.py), written atomically."""
+    files.write_json(RunLayout(run_dir).manifest, redact_obj(manifest))
+
+
 def _run_stage(stage: Stage, manifest: dict[str, Any], run_dir: Path) -> None:
-    layout = RunLayout(run_dir)
     cmd = [sys.executable, "-m", stage.package, stage.command, *stage.args]
+    shown = [redact(a) for a in cmd[1:]]
     console.print(f"[bold cyan]▶ {stage.name}[/]: {stage.about}")
-    console.print(f"  [dim]$ {' '.join(cmd[1:])}")
+    console.print(f"  $ {' '.join(shown)}", style="dim", markup=False, highlight=False)
     for p in stage.outputs:
         p.parent.mkdir(parents=True, exist_ok=True)
         if stage.fresh:
@@ -281,29 +336,29 @@ def _run_stage(stage: Stage, manifest: dict[str, Any], run_dir: Path) -> None:
     started = time.time()
     record = {
         "status": "running",
-        "command": cmd[1:],
+        "command": shown,
         "settings": settings_hash(stage),
         "inputs": {str(p): fingerprint(p) for p in stage.inputs},
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     manifest["stages"][stage.name] = record
-    files.write_json(layout.manifest, manifest)
-    rc = subprocess.call(cmd)
+    save_manifest(run_dir, manifest)
+    rc = subprocess.call(cmd, env={**os.environ, **stage.env} if stage.env else None)
     record["seconds"] = round(time.time() - started, 2)
     if rc != 0:
         record["status"] = "failed"
         record["exit_code"] = rc
         manifest["status"] = f"failed at {stage.name}"
-        files.write_json(layout.manifest, manifest)
+        save_manifest(run_dir, manifest)
         raise StageFailed(stage.name, rc)
     missing = [str(p) for p in stage.outputs if not p.exists()]
     if missing:
         record["status"] = "failed"
-        files.write_json(layout.manifest, manifest)
+        save_manifest(run_dir, manifest)
         raise StageFailed(stage.name, rc, f"did not write {', '.join(missing)}")
     record["status"] = "done"
     record["outputs"] = {str(p): fingerprint(p) for p in stage.outputs}
-    files.write_json(layout.manifest, manifest)
+    save_manifest(run_dir, manifest)
     console.print(f"[green]✓ {stage.name}[/] in {record['seconds']:.1f}s")
 
 
@@ -317,7 +372,7 @@ class StageFailed(Exception):
 def _describe(source: dict[str, Any]) -> dict[str, Any]:
     out = dict(source)
     if "urls" in out:  # endpoint URLs often embed API keys
-        out["urls"] = [u.split("?")[0].rsplit("/", 1)[0] + "/…" for u in out["urls"]]
+        out["urls"] = [redact_url(u) for u in out["urls"]]
     return out
 
 
@@ -340,7 +395,7 @@ def cli(
 
     chosen = [x for x in (swaps, store, rpc_url) if x]
     if len(chosen) > 1:
-        raise UserError("choose one data source: --swaps, --store or --rpc-url")
+        raise UserError(f"choose one data source: --swaps, --store or --rpc-url (or ${RPC_URLS_ENV})")
     if swaps:
         source = {"kind": "csv", "path": str(swaps)}
     elif store:

@@ -10,6 +10,7 @@ from typing import Any
 
 from apeagent import files
 from apeagent.layout import RunLayout
+from apeagent.redact import redact, redact_obj
 
 # The targets the stage issues set for a tiny-preset run; `report.json` says which are met.
 TARGETS = {
@@ -239,6 +240,7 @@ def write_report(run_dir: Path, manifest: dict[str, Any]) -> dict[str, str]:
         md.append(f"| {name} | {rec.get('status')} | {rec.get('seconds', '')} |")
     md += ["", f"Versions: `{json.dumps(manifest.get('versions'))}`", ""]
 
-    files.write_text(layout.report_md, "\n".join(md))
-    files.write_json(layout.report_json, {"simulated": bool(simulated), "targets": targets, **numbers})
+    # everything a report shows passes the one redaction rule (endpoint URLs, keys)
+    files.write_text(layout.report_md, redact("\n".join(md)))
+    files.write_json(layout.report_json, redact_obj({"simulated": bool(simulated), "targets": targets, **numbers}))
     return {"report": str(layout.report_md), "numbers": str(layout.report_json)}

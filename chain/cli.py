@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from apeagent.cli import ConfigOpt, RunDirOpt, run_cli
+from apeagent.cli import RPC_URLS_ENV, ConfigOpt, RunDirOpt, run_cli
 from apeagent.errors import UserError
 from apeagent.layout import RunLayout
 
@@ -49,7 +49,7 @@ def _block(value: str | int, name: str) -> int | str:
 def collect(
     db: Path = typer.Option(None, "--db", help="SQLite event store to fill [RUN/chain/swaps.db]."),
     rpc_url: list[str] = typer.Option(
-        None, "--rpc-url", help="Base JSON-RPC URL; repeat for several."
+        None, "--rpc-url", envvar=RPC_URLS_ENV, help="Base JSON-RPC URL; repeat for several."
     ),
     from_block: int = typer.Option(None, "--from-block"),
     to_block: str = typer.Option(
@@ -206,7 +206,7 @@ def _store_rows(db: Path) -> list[dict]:
 
     if not db.is_file():
         raise UserError(f"store not found: {db}")
-    with Store(db) as store:
+    with Store(db, readonly=True) as store:
         rows = list(store.swaps())
         source = store.get_meta("source")
     if not rows:

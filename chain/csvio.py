@@ -122,12 +122,16 @@ def read_swaps_csv(path: str | Path, pool: str | None = ETH_USDC_POOL_ID) -> lis
     """Read, check and order a swaps CSV. Any bad line raises UserError naming it."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"swaps CSV not found: {path}")
+        raise UserError(f"swaps CSV {'is a directory' if path.is_dir() else 'not found'}: {path}")
     want_pool = norm_hex32(pool) if pool else None
     rows: list[dict[str, Any]] = []
-    with path.open(newline="") as f:
+    # utf-8-sig: a spreadsheet's UTF-8 BOM is not part of the first column's name
+    with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
-        header = reader.fieldnames or []
+        try:
+            header = reader.fieldnames or []
+        except (UnicodeDecodeError, csv.Error) as e:
+            raise UserError(f"{path}:1: not a text CSV file ({e})") from None
         missing = [c for c in CSV_COLUMNS if c not in header]
         if missing:
             raise UserError(f"{path}:1: missing column(s) {', '.join(missing)}")
@@ -142,7 +146,7 @@ def read_swaps_csv(path: str | Path, pool: str | None = ETH_USDC_POOL_ID) -> lis
                         f"{where}: unknown pool id {row['pool_id']} (expected {want_pool})"
                     )
                 rows.append(row)
-        except csv.Error as e:
+        except (csv.Error, UnicodeDecodeError) as e:
             raise UserError(f"{path}:{reader.line_num}: malformed CSV: {e}") from None
     return order_rows(rows, path)
 

@@ -17,6 +17,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from apeagent.errors import UserError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS swaps (
     block_number INTEGER NOT NULL,
@@ -97,15 +99,33 @@ def _from_db(values: tuple) -> dict[str, Any]:
 class Store:
     """One SQLite file. Not shared between threads: the collector writes from one thread."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, readonly: bool = False):
+        """``readonly``: the file must be an existing store; it is checked, never created or changed."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute(
-            "PRAGMA synchronous=NORMAL"
-        )  # WAL + NORMAL: durable at checkpoints, never corrupt
-        self.db.executescript(SCHEMA)
+        try:
+            if readonly:
+                if not self.path.is_file() or self.path.stat().st_size == 0:
+                    raise UserError(f"{self.path}: no event store here (missing or empty file)")
+                # no -wal file: nothing is pending, so read the file as immutable and leave no
+                # -wal/-shm behind (a read-only command must not change the folder)
+                wal = self.path.with_name(self.path.name + "-wal").exists()
+                uri = f"{self.path.resolve().as_uri()}?mode=ro{'' if wal else '&immutable=1'}"
+                self.db = sqlite3.connect(uri, uri=True, isolation_level=None, timeout=30)
+                if self.db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
+                    raise sqlite3.DatabaseError("quick_check failed")
+                self.db.execute("SELECT 1 FROM swaps LIMIT 1").fetchall()
+                return
+            if self.path.is_dir():
+                raise UserError(f"{self.path}: is a directory, not an event store file")
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute(
+                "PRAGMA synchronous=NORMAL"
+            )  # WAL + NORMAL: durable at checkpoints, never corrupt
+            self.db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as e:
+            raise UserError(f"{self.path}: not a usable event store (damaged, truncated or not SQLite: {e})") from None
 
     def close(self) -> None:
         self.db.close()

@@ -37,14 +37,25 @@ def read_records(path: str | Path, strict: bool = False) -> list[dict]:
             continue
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             if i == len(lines) and not strict:
                 break  # the torn tail of a killed run
             raise UserError(f"{path}:{i}: not a JSON line") from None
         if not isinstance(rec, dict) or "key" not in rec:
             raise UserError(f"{path}:{i}: not an answer record (no 'key')")
+        for field, types in RECORD_TYPES.items():
+            if field in rec and not isinstance(rec[field], types):
+                raise UserError(f"{path}:{i}: field {field!r} has the wrong type ({type(rec[field]).__name__})")
         out.append(rec)
     return out
+
+
+_OPT_STR = (str, type(None))
+# the fields the dataset and the report read, with their JSON types (None: the field may be null)
+RECORD_TYPES = {
+    "key": str, "ok": bool, "decision": _OPT_STR, "amount_eth": (int, float, type(None)),
+    "completion": _OPT_STR, "prompt": _OPT_STR, "system": _OPT_STR, "state": (dict, type(None)),
+}
 
 
 class AnswerStore:

@@ -47,6 +47,9 @@ def teach(
     model: str = typer.Option(None, help="mlx: HF repo or model dir; openai: model name"),
     base_url: list[str] = typer.Option(None, "--base-url", help="OpenAI-compatible base URL (repeatable)"),
     api_key_env: str = typer.Option(None, help="environment variable holding the API key"),
+    allow_insecure_http: bool = typer.Option(
+        None, "--allow-insecure-http", help="openai: send the API key over http:// to a non-loopback host"
+    ),
     concurrency: int = typer.Option(None, help="openai: requests in flight per URL"),
     batch_size: int = typer.Option(None, help="mlx: prompts generated together"),
     temperature: float = typer.Option(None),
@@ -64,7 +67,7 @@ def teach(
         run_dir,
         {
             "teacher": teacher, "style": style, "model": model, "base_urls": base_url or None,
-            "api_key_env": api_key_env, "concurrency": concurrency, "batch_size": batch_size,
+            "api_key_env": api_key_env, "allow_insecure_http": allow_insecure_http, "concurrency": concurrency, "batch_size": batch_size,
             "temperature": temperature, "top_p": top_p, "max_tokens": max_tokens,
             "retries": retries, "seed": seed, "max_windows": max_windows,
             "portfolios_per_window": portfolios, "tokenizer": tokenizer,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from apeagent.errors import UserError
 from apeagent.files import write_json
+from apeagent.redact import redact_obj
 from distill.cache import AnswerStore, answer_key
 from distill.clean import clean_answer
 from distill.config import STYLES
@@ -193,5 +194,5 @@ def teach(
     if getattr(teacher, "requests_per_url", None):
         extra["requests_per_url"] = teacher.requests_per_url
     rep = report(items, store, teacher, cfg, extra)
-    write_json(out_dir / REPORT, rep)
+    write_json(out_dir / REPORT, redact_obj(rep))  # base URLs without keys
     return rep

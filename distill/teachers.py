@@ -32,6 +32,7 @@ from http.client import HTTPException
 from pathlib import Path
 
 from apeagent.errors import UserError
+from apeagent.redact import add_secret, redact_url
 from distill import rules
 from distill.prompt import MarketState
 
@@ -198,6 +199,14 @@ class _Retryable(Exception):
         self.retry_after = retry_after
 
 
+def _is_loopback(url: str) -> bool:
+    host = urllib.parse.urlparse(url).hostname or ""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _is_local(url: str) -> bool:
     host = urllib.parse.urlparse(url).hostname or ""
     if host == "localhost":
@@ -229,14 +238,21 @@ class OpenAITeacher:
             raise UserError("distill.base_urls is empty")
         for u in self.urls:
             if urllib.parse.urlparse(u).scheme not in ("http", "https"):
-                raise UserError(f"distill.base_urls: {u!r} is not an http(s) URL")
+                raise UserError(f"distill.base_urls: {redact_url(u)!r} is not an http(s) URL")
         env = self.cfg["api_key_env"]
         self._key = os.environ.get(env) if env else None
+        add_secret(self._key)  # masked in every message that could quote it
         remote = [u for u in self.urls if not _is_local(u)]
         if remote and not self._key:
             raise UserError(
                 f"openai teacher: environment variable {env or '(distill.api_key_env unset)'} "
-                f"is not set; it must hold the API key for {remote[0]}"
+                f"is not set; it must hold the API key for {redact_url(remote[0])}"
+            )
+        plain = [u for u in self.urls if urllib.parse.urlparse(u).scheme == "http" and not _is_loopback(u)]
+        if self._key and plain and not self.cfg["allow_insecure_http"]:
+            raise UserError(
+                f"openai teacher: refusing to send the API key over plain http to {redact_url(plain[0])}; "
+                "use https, a loopback URL, or --allow-insecure-http (distill.allow_insecure_http)"
             )
         for u in self.urls:
             self._probe(u)
@@ -254,11 +270,11 @@ class OpenAITeacher:
                 pass
         except urllib.error.HTTPError as e:
             if e.code in (401, 403):
-                raise UserError(f"{url}: the API key was rejected (HTTP {e.code})") from None
+                raise UserError(f"{redact_url(url)}: the API key was rejected (HTTP {e.code})") from None
             # Some servers have no /models; a HTTP answer still proves the endpoint is up.
         except (urllib.error.URLError, OSError, HTTPException) as e:
             reason = getattr(e, "reason", e)
-            raise UserError(f"cannot reach teacher endpoint {url}: {reason}") from None
+            raise UserError(f"cannot reach teacher endpoint {redact_url(url)}: {reason}") from None
 
     def _post(self, url: str, r: Request) -> Generated:
         cfg = self.cfg
@@ -286,8 +302,8 @@ class OpenAITeacher:
                     after = None
                 raise _Retryable(f"HTTP {e.code}", after) from None
             if e.code in (401, 403):
-                raise _Fatal(f"{url}: the API key was rejected (HTTP {e.code})") from None
-            raise _Fatal(f"{url}: HTTP {e.code}: {e.read()[:300]!r}") from None
+                raise _Fatal(f"{redact_url(url)}: the API key was rejected (HTTP {e.code})") from None
+            raise _Fatal(f"{redact_url(url)}: HTTP {e.code}: {e.read()[:300]!r}") from None
         except TimeoutError as e:
             raise _Retryable(f"timeout ({e})") from None
         except (urllib.error.URLError, OSError, HTTPException, json.JSONDecodeError) as e:
@@ -310,7 +326,7 @@ class OpenAITeacher:
                 return self._post(url, r)
             except _Retryable as e:
                 if k == cfg["http_retries"] or stop.is_set():
-                    raise TeacherError(f"{url}: {e} (after {k + 1} tries)") from None
+                    raise TeacherError(f"{redact_url(url)}: {e} (after {k + 1} tries)") from None
                 wait = e.retry_after if e.retry_after is not None else cfg["backoff"] * 2**k
                 stop.wait(wait * (1.0 + 0.25 * random.random()))
         raise AssertionError("unreachable")

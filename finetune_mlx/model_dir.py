@@ -35,25 +35,30 @@ def check_model_dir(path: str | Path) -> Path:
     return path
 
 
+# what a hub download may fetch: configs, tokenizer files, safetensors weights; never code
+# (``*.py``: a repo's modelling code would run with trust_remote_code) nor pickles
+HUB_FILES = ["*.json", "model*.safetensors", "*.txt", "*.jinja", "*.model", "*.tiktoken"]
+
+
 def resolve_model(name_or_path: str | Path) -> Path:
-    """A local model dir, or a Hugging Face repo id (fetched into the HF cache, as mlx_lm.load does)."""
+    """A local model dir, or a Hugging Face repo id fetched into the HF cache (as mlx_lm.load
+    does). ``org/name@revision`` pins the download to that commit (or tag); the preset says
+    which. Only :data:`HUB_FILES` are fetched."""
     p = Path(name_or_path)
     text = str(name_or_path)
     # "org/name" that is not a local path is a hub id; anything else is a local dir.
     if p.exists() or text.count("/") != 1 or text.startswith((".", "/", "~")):
         return check_model_dir(p)
+    repo, _, revision = text.partition("@")
+    if "@" in text and not revision:
+        raise UserError(f"model {text!r}: empty revision after '@'")
     try:
         from huggingface_hub import snapshot_download
 
-        return check_model_dir(
-            snapshot_download(
-                str(name_or_path),
-                allow_patterns=["*.json", "model*.safetensors", "*.py", "*.txt", "*.jinja"],
-            )
-        )
+        return check_model_dir(snapshot_download(repo, revision=revision or None, allow_patterns=HUB_FILES))
     except Exception as e:  # noqa: BLE001 - any hub failure is "not available"
         raise UserError(
-            f"model {name_or_path!r}: not a local dir and not downloadable ({e})"
+            f"model {text!r}: not a local dir and not downloadable ({e})"
         ) from None
 
 

@@ -11,4 +11,4 @@ from apeagent.cli import run_cli
 from finetune_mlx.cli import app
 
 if __name__ == "__main__":
-    run_cli(lambda: app(["export-gguf", *sys.argv[1:]]))
+    run_cli(app, ["export-gguf", *sys.argv[1:]])

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
-"""The end-to-end pipeline (the main job of `make demo`). Logic: finetune_mlx/pipeline.py.
+"""The end-to-end pipeline (the main job of `make demo`). Logic: apeagent/pipeline.py.
 
     python scripts/pipeline.py --preset tiny                      # simulated swaps (offline default)
     python scripts/pipeline.py --swaps ../shared/data/base_eth_usdc_v4_swaps.csv
-    python scripts/pipeline.py --preset mac --rpc-url https://... --from-block N --to-block M
+    APE_RPC_URLS=https://... python scripts/pipeline.py --preset mac --from-block N --to-block M
 """
 
 from pathlib import Path
@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 from apeagent import pipeline
-from apeagent.cli import run_cli
+from apeagent.cli import RPC_URLS_ENV, run_cli
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -21,7 +21,9 @@ def main(
     preset: str = typer.Option("tiny", "--preset", "-p", help="tiny | mac | path/to/config.yaml"),
     swaps: Path | None = typer.Option(None, help="real swaps CSV (collector schema)"),
     store: Path | None = typer.Option(None, help="an existing event store (swaps.db)"),
-    rpc_url: list[str] | None = typer.Option(None, help="collect from these Base RPC endpoint(s)"),
+    rpc_url: list[str] | None = typer.Option(
+        None, envvar=RPC_URLS_ENV, help="collect from these Base RPC endpoint(s) [or $APE_RPC_URLS]"
+    ),
     from_block: int | None = typer.Option(None, help="with --rpc-url"),
     to_block: int | None = typer.Option(None, help="with --rpc-url"),
     run_dir: Path | None = typer.Option(None, help="default: the preset's run.run_dir"),

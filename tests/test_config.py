@@ -76,3 +76,34 @@ def test_unknown_preset_and_missing_file():
         load("nope/missing.yaml")
     with pytest.raises(ConfigError, match="section.key=value"):
         parse_overrides(["steps=3"])
+
+
+def test_extends_is_relative_to_the_file_and_errors_name_the_file(tmp_path, monkeypatch):
+    (tmp_path / "base.yaml").write_text("extends: tiny\ngan:\n  steps: 9\n")
+    (tmp_path / "sub").mkdir()
+    child = tmp_path / "sub" / "run.yaml"
+    child.write_text("extends: ../base.yaml\ngan:\n  lr_g: 1e-4\n")
+    monkeypatch.chdir(tmp_path / "sub")  # any working directory
+    gan = section(load(child), "gan")
+    assert gan["steps"] == 9 and gan["lr_g"] == pytest.approx(1e-4)
+    (tmp_path / "base.yaml").write_text("extends: tiny\ndistill:\n  nope: 1\n")
+    with pytest.raises(ConfigError, match=r"base\.yaml: unknown key distill\.nope"):
+        validate(load(child))
+    from apeagent.config import apply_overrides
+
+    cfg = load("tiny")
+    apply_overrides(cfg, {"gan": {"stepz": 1}})
+    with pytest.raises(ConfigError, match=r"^--set gan\.stepz: unknown key"):
+        validate(cfg)
+
+
+def test_extends_cycles_and_ranges_are_errors(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="extends itself"):
+        load(tmp_path / "a.yaml")
+    for override, needle in [({"steps": -1}, "must be >= 1"), ({"val_frac": 1.5}, "between 0 and 1"),
+                             ({"lr_g": 0}, "must be > 0"), ({"steps": 2**64}, "too large")]:
+        with pytest.raises(ConfigError, match=needle):
+            section({}, "gan", override)
+    assert section({}, "finetune", {"num_layers": -1})["num_layers"] == -1  # -1: every block
