@@ -11,7 +11,7 @@ The transport (endpoints, adaptive rate, retries) is :mod:`chain.rpc`; here are 
 * every answer is validated as a whole (:func:`validate_logs`): PoolManager address, Swap
   topic, our pool id, a block inside the range, ``removed`` false, well-formed data, one hash
   (and one timestamp) per block, no repeated log. An invalid answer is discarded, counted
-  against its endpoint (dropped after ``max_invalid`` in a row) and asked again elsewhere or
+  against its endpoint (dropped when it keeps failing, see chain.rpc) and asked again elsewhere or
   later, with backoff;
 * timestamps: the log's ``blockTimestamp`` where the provider sends it (no extra request);
   otherwise block headers of the blocks with events, batched (``timestamps: headers``), or
@@ -314,6 +314,8 @@ def _get_logs(client: Client, s: CollectSettings, lo: int, hi: int, **kw: Any):
     (head, logs), ep = client.batch(
         [("eth_blockNumber", []), ("eth_getLogs", [flt])], f"eth_getLogs {lo}..{hi}", **kw
     )
+    if ep.dropped:  # an answer in flight when its endpoint was dropped: not trusted
+        raise BadAnswer(f"{ep.name} was dropped")
     try:
         head = _qty(head, "eth_blockNumber")
         events = validate_logs(logs, lo, hi, s.pool_id)
@@ -336,6 +338,8 @@ def fetch_chunk(
     events = [e for e in events if e["block_number"] <= done_to]
     if s.verify_empty and len(client.alive()) > 1:
         events = _verify_tail(client, s, events, lo, done_to, ep)
+    if ep.dropped:
+        raise BadAnswer(f"{ep.name} was dropped")
     client.valid(ep)
     _timestamps(cache, s, events)
     if s.with_tx and events:

@@ -16,7 +16,7 @@ HTTP 429, 5xx, timeouts, connection errors and malformed bodies are retried with
 backoff and full jitter. The budget is time without progress, not a count: a request gives up
 only when no request to any endpoint has succeeded for ``give_up_s`` (or after
 ``max_attempts``, for one-shot reads). An endpoint whose answers the caller finds invalid
-(:meth:`Client.invalid`) ``max_invalid`` times in a row is dropped with a warning; with no
+(:meth:`Client.invalid`) ``max_invalid`` times (ten valid answers forgive one) is dropped with a warning; with no
 endpoint left the call raises :class:`TransportError`.
 """
 
@@ -69,7 +69,7 @@ class RpcSettings:
     max_attempts: int | None = None  # also stop after this many attempts (one-shot reads)
     backoff_base_s: float = 0.25
     backoff_max_s: float = 30.0
-    max_invalid: int = 3  # invalid answers in a row before an endpoint is dropped
+    max_invalid: int = 3  # invalid answers (ten valid ones forgive one) before a drop
     seed: int | None = None
 
 
@@ -95,7 +95,7 @@ class Endpoint:
         self.peak: float | None = None  # the rate when it was last cut
         self.t_grow = time.monotonic()
         self.inflight = 0
-        self.invalid = 0
+        self.invalid = 0.0  # invalid answers, less 0.1 per valid one
         self.dropped = False
         self.head: int | None = None
         self.sent: deque[float] = deque(maxlen=4096)
@@ -265,17 +265,18 @@ class Client:
         """The caller found an answer of ``ep`` invalid: count it, drop ``ep`` if it persists."""
         with self.cond:
             self.stats.errors["invalid_answer"] = self.stats.errors.get("invalid_answer", 0) + 1
-            ep.invalid += 1
+            ep.invalid += 1.0
             drop = not ep.dropped and ep.invalid >= self.s.max_invalid
             if drop:
                 ep.dropped = True
             self.cond.notify_all()
         if drop:
-            self.log(f"warning: dropping endpoint {ep.name}: {ep.invalid} invalid answers in a row ({reason})")
+            self.log(f"warning: dropping endpoint {ep.name}: it keeps failing validation ({reason})")
 
     def valid(self, ep: Endpoint) -> None:
+        """A validated answer: ten of them forgive one invalid answer."""
         with self.cond:
-            ep.invalid = 0
+            ep.invalid = max(0.0, ep.invalid - 0.1)
 
     def set_head(self, ep: Endpoint, head: int) -> None:
         with self.cond:

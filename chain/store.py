@@ -164,6 +164,22 @@ class Store:
             cur.execute("ROLLBACK")
             raise
 
+    def upsert(self, swaps: Iterable[dict[str, Any]], meta: dict[str, str] | None = None) -> None:
+        """Insert or replace events by key (block_number, log_index), in one transaction."""
+        cur = self.db.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            cur.executemany(
+                f"INSERT OR REPLACE INTO swaps VALUES ({','.join('?' * len(SWAP_COLUMNS))})",
+                [_to_db(s) for s in swaps],
+            )
+            for k, v in (meta or {}).items():
+                cur.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, str(v)))
+            cur.execute("COMMIT")
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+
     def _mark_done(self, cur: sqlite3.Cursor, lo: int, hi: int) -> None:
         # Merge with overlapping or adjacent ranges so the table stays small.
         rows = cur.execute(

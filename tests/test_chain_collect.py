@@ -190,6 +190,8 @@ def test_sigkill_mid_run_then_restart_is_exact(tmp_path, rows):
             "2",
             "--rate-limit",
             "0",
+            "--confirmations",
+            "2",
             "--quiet",
         ]
         proc = subprocess.Popen(
