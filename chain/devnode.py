@@ -46,6 +46,7 @@ from eth_utils import keccak
 
 from chain.pool import (
     BASE_CHAIN_ID,
+    BLOCK_SECONDS,
     ETH_USDC_POOL_ID,
     GET_LIQUIDITY_SELECTOR,
     GET_SLOT0_SELECTOR,
@@ -53,7 +54,6 @@ from chain.pool import (
     SIMULATED,
     SIMULATED_ADDRESS,
     STATE_VIEW,
-    BLOCK_SECONDS,
     encode_swap_log,
     norm_hex32,
 )

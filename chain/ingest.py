@@ -20,19 +20,13 @@ from typing import Any
 from apeagent.errors import UserError
 from chain.csvio import read_swaps_csv_report
 from chain.pool import SIMULATED, check_timestamps
-from chain.store import Store
+from chain.store import SWAP_COLUMNS, Store
 
-CONTENT = (
-    "transaction_hash",
-    "pool_id",
-    "sender",
-    "amount0",
-    "amount1",
-    "sqrt_price_x96",
-    "liquidity",
-    "tick",
-    "fee",
-    "timestamp",
+# what must be equal for a CSV row to be the stored event (the key and chain-only fields aside)
+CONTENT = tuple(
+    c
+    for c in SWAP_COLUMNS
+    if c not in ("block_number", "log_index", "block_hash", "original_sender", "is_contract_sender", "tx_to")
 )
 
 

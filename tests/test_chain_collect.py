@@ -17,7 +17,6 @@ from chain.rpc import RpcSettings
 from chain.snapshot import snapshot
 from chain.store import Store
 
-
 RPC_KEYS = set(RpcSettings.__dataclass_fields__)
 
 
