@@ -24,7 +24,6 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 
-
 @app.callback()
 def _group() -> None:
     """Keep typer in multi-command mode."""
@@ -59,11 +58,19 @@ def collect(
     pool_id: str = typer.Option(None, "--pool-id"),
     concurrency: int = typer.Option(None, "--concurrency", help="eth_getLogs requests in flight."),
     rate_limit: float = typer.Option(
-        None, "--rate-limit", help="Requests/s per endpoint (0: unlimited)."
+        None, "--rate-limit", help="Ceiling of requests/s per endpoint (0: none; AIMD below it)."
     ),
     chunk_size: int = typer.Option(None, "--chunk-size", help="First block range per request."),
     timeout: float = typer.Option(None, "--timeout", help="Seconds per HTTP request."),
-    max_retries: int = typer.Option(None, "--max-retries"),
+    give_up: float = typer.Option(
+        None, "--give-up", help="Stop after this many seconds without any answer."
+    ),
+    timestamps: str = typer.Option(
+        None, "--timestamps", help="auto (log blockTimestamp, else headers) | headers | derive."
+    ),
+    verify_empty: bool = typer.Option(
+        False, "--verify-empty", help="Cross-check empty answers on a second endpoint."
+    ),
     with_tx: bool = typer.Option(
         False, "--with-tx", help="Also fetch tx sender, tx target, sender is contract."
     ),
@@ -78,6 +85,7 @@ def collect(
     """eth_getLogs of the pool's Swap events into the SQLite store (resumable, exact)."""
     from chain.collect import CollectError, CollectSettings
     from chain.collect import collect as run_collect
+    from chain.rpc import RpcSettings
 
     c, run = _settings(
         config,
@@ -92,7 +100,8 @@ def collect(
             "rate_limit": rate_limit,
             "chunk_size": chunk_size,
             "timeout_s": timeout,
-            "max_retries": max_retries,
+            "give_up_s": give_up,
+            "timestamps": timestamps,
         },
     )
     if not c["rpc_urls"]:
@@ -100,7 +109,13 @@ def collect(
     if c["concurrency"] < 1:
         raise UserError("--concurrency must be >= 1")
     s = CollectSettings(
-        rpc_urls=list(c["rpc_urls"]),
+        rpc=RpcSettings(
+            rpc_urls=list(c["rpc_urls"]),
+            timeout_s=c["timeout_s"],
+            rate_limit=c["rate_limit"] or None,
+            concurrency=c["concurrency"],
+            give_up_s=c["give_up_s"],
+        ),
         from_block=int(c["from_block"]),
         to_block=_block(c["to_block"] if c["to_block"] is not None else "latest", "--to-block"),
         confirmations=c["confirmations"],
@@ -108,10 +123,9 @@ def collect(
         chunk_size=c["chunk_size"],
         max_chunk=c["max_chunk"],
         concurrency=c["concurrency"],
-        rate_limit=c["rate_limit"] or None,
-        timeout_s=c["timeout_s"],
-        max_retries=c["max_retries"],
         batch_size=c["batch_size"],
+        timestamps=c["timestamps"],
+        verify_empty=verify_empty,
         with_tx=with_tx,
         follow=follow,
         poll_s=c["poll_s"],
@@ -127,13 +141,15 @@ def collect(
         raise typer.Exit(130) from None
     except CollectError as e:
         console.print(
-            f"[red]error:[/red] {e} (the store holds every committed chunk; run again to resume)"
+            f"error: {e} (the store holds every validated chunk committed; run again to resume)",
+            markup=False,
         )
         raise typer.Exit(1) from None
     d = stats.as_dict()
     console.print(
         f"{db}: {d['events']} new events in {d['blocks']} blocks, {d['seconds']:.1f}s "
-        f"({d['blocks_per_s']:,.0f} blocks/s), {d['retries']} retries, {d['splits']} splits"
+        f"({d['blocks_per_s']:,.0f} blocks/s), {d['requests']} requests, {d['retries']} retries, "
+        f"{d['rate_cuts']} rate cuts, {d['splits']} splits"
     )
 
 
@@ -144,36 +160,41 @@ def import_csv(
     ),
     db: Path = typer.Option(None, "--db", help="SQLite event store [RUN/chain/swaps.db]."),
     pool_id: str = typer.Option(None, "--pool-id"),
+    replace: bool = typer.Option(
+        False, "--replace", help="Remove stored swaps in the CSV's block span that it does not list."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print what would change; write nothing."),
     config: str = ConfigOpt,
     run_dir: Path = RunDirOpt,
 ) -> None:
-    """Import a swaps CSV into the store (sorted by block; file order within a block)."""
-    from chain.csvio import read_swaps_csv
-    from chain.store import Store
+    """Upsert a swaps CSV into the store by event key (never deletes without --replace)."""
+    from chain.ingest import import_csv as run_import
 
     c, run = _settings(config, run_dir, {"pool_id": pool_id})
-    rows = read_swaps_csv(csv_path, pool=c["pool_id"])  # every check before the store is opened
-    if not rows:
-        raise UserError(f"{csv_path}: no rows")
-    db = db or run.swaps_db
-    source = "simulated" if any(r["sender"] == "simulated" for r in rows) else "csv"
-    existed = db.exists()
-    with Store(db) as store:
-        meta = store.meta()
-        if existed and meta.get("source") not in (None, source):
-            raise UserError(f"{db}: store holds {meta.get('source')} data; import into a new --db")
-        if existed and meta.get("pool_id") not in (None, rows[0]["pool_id"]):
-            raise UserError(f"{db}: store is for pool {meta['pool_id']}")
-        store.commit_chunk(
-            rows[0]["block_number"],
-            rows[-1]["block_number"],
-            rows,
-            meta={"source": source, "pool_id": rows[0]["pool_id"], "csv": str(csv_path)},
-            mark_done=False,  # a CSV says nothing about blocks it does not list
+    r = run_import(csv_path, db or run.swaps_db, c["pool_id"], replace=replace, dry_run=dry_run)
+    if r["no_final_newline"]:
+        console.print(f"warning: {csv_path}: the last line has no newline (a truncated file?)", markup=False)
+    if r["duplicates"]:
+        lines = ", ".join(map(str, r["duplicates"][:5])) + (", ..." if len(r["duplicates"]) > 5 else "")
+        console.print(
+            f"{csv_path}: {len(r['duplicates'])} exact duplicate rows kept once (lines {lines})",
+            markup=False,
         )
-        total = store.count()
-    label = " (SIMULATED data)" if source == "simulated" else ""
-    console.print(f"{db}: imported {len(rows)} swaps{label}, store holds {total}")
+    verb = "would import" if dry_run else "imported"
+    label = " (SIMULATED data)" if r["source"] == "simulated" else ""
+    console.print(
+        f"{r['db']}: {verb} {r['rows']} swaps{label}: {r['new']} new, {r['updated']} updated, "
+        f"{r['unchanged']} unchanged; "
+        + (
+            f"{r['removed']} stored swaps in blocks {r['from_block']}..{r['to_block']} not in the CSV "
+            + ("would be " if dry_run else "")
+            + "removed (--replace)"
+            if replace
+            else f"{r['kept']} stored swaps in blocks {r['from_block']}..{r['to_block']} not in the CSV kept"
+        )
+        + f"; store {'would hold' if dry_run else 'holds'} {r['store_total']}",
+        markup=False,
+    )
 
 
 @app.command()
@@ -311,7 +332,7 @@ def snapshot(
         minutes=minutes or window_minutes(c),
         allow_chain_id=allow_chain_id,
         timeout_s=c["timeout_s"],
-        max_retries=min(c["max_retries"], 5),
+        give_up_s=min(c["give_up_s"], 30.0),
     )
     if out:
         write_json(out, snap)

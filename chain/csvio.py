@@ -119,12 +119,24 @@ def parse_row(raw: dict[str, str], where: str) -> dict[str, Any]:
 
 
 def read_swaps_csv(path: str | Path, pool: str | None = ETH_USDC_POOL_ID) -> list[dict[str, Any]]:
-    """Read, check and order a swaps CSV. Any bad line raises UserError naming it."""
+    """Read, check and order a swaps CSV (exact duplicate rows kept once). Any bad line raises
+    UserError naming it."""
+    return read_swaps_csv_report(path, pool)[0]
+
+
+def read_swaps_csv_report(
+    path: str | Path, pool: str | None = ETH_USDC_POOL_ID
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """:func:`read_swaps_csv` and what it noticed: ``duplicates`` (line numbers of exact
+    duplicate rows, dropped), ``no_final_newline`` (the last line lacks its newline),
+    ``has_log_index`` (the file gives log indexes)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"swaps CSV {'is a directory' if path.is_dir() else 'not found'}: {path}")
     want_pool = norm_hex32(pool) if pool else None
     rows: list[dict[str, Any]] = []
+    seen: set[tuple] = set()
+    duplicates: list[int] = []
     # utf-8-sig: a spreadsheet's UTF-8 BOM is not part of the first column's name
     with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
@@ -145,10 +157,23 @@ def read_swaps_csv(path: str | Path, pool: str | None = ETH_USDC_POOL_ID) -> lis
                     raise UserError(
                         f"{where}: unknown pool id {row['pool_id']} (expected {want_pool})"
                     )
+                key = tuple(raw[c] for c in header)
+                if key in seen:
+                    duplicates.append(reader.line_num)
+                    continue
+                seen.add(key)
                 rows.append(row)
         except (csv.Error, UnicodeDecodeError) as e:
             raise UserError(f"{path}:{reader.line_num}: malformed CSV: {e}") from None
-    return order_rows(rows, path)
+    with path.open("rb") as f:
+        f.seek(max(0, path.stat().st_size - 1))
+        no_final_newline = path.stat().st_size > 0 and f.read(1) not in (b"\n", b"\r")
+    report = {
+        "duplicates": duplicates,
+        "no_final_newline": no_final_newline,
+        "has_log_index": "log_index" in header,
+    }
+    return order_rows(rows, path), report
 
 
 def order_rows(rows: list[dict[str, Any]], source: str | Path = "<rows>") -> list[dict[str, Any]]:

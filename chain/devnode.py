@@ -5,11 +5,25 @@ eth-abi exactly as PoolManager emits them, block headers with hashes and timesta
 transactions, and StateView ``getSlot0`` / ``getLiquidity`` at the head block. The client on the
 other side is the real web3 stack; nothing is mocked.
 
-Switchable faults (``set_faults``): HTTP 429 with ``Retry-After``, HTTP 500, responses slower
-than the client's timeout, malformed JSON bodies (each a probability per HTTP request, from a
-seeded RNG), and provider limits: ``max_range`` (blocks per eth_getLogs) and ``max_results``
-(logs per eth_getLogs). ``latency_s`` delays every request (the benchmark's 50 ms link).
-``reorg(block)`` replaces the chain from ``block`` on (new hashes, optionally new rows).
+Switchable behaviour (``set_faults``):
+
+* random faults, each a probability per HTTP request from a seeded RNG: HTTP 429 with
+  ``Retry-After``, HTTP 500, responses slower than the client's timeout, malformed JSON bodies;
+* a free-tier rate limit: ``rps`` requests/s (token bucket of ``rps_burst``), beyond it HTTP
+  429 with ``Retry-After: retry_after``;
+* provider limits: ``max_range`` (blocks per eth_getLogs), ``max_results`` (logs per answer);
+* lying answers: ``forge`` (one of :data:`FORGE_KINDS`) changes an ``eth_getLogs`` answer that
+  has logs with probability ``forge_p``: an extra log with another topic0 / emitter / pool id /
+  a block outside the range / another block hash for a block, a log with ``removed: true`` or
+  undecodable data, or a repeated log;
+* ``logs_lag``: eth_getLogs sees only blocks up to head minus this (eth_blockNumber does not);
+* ``log_timestamps``: logs carry ``blockTimestamp`` (newer geth/reth/Erigon, several providers).
+
+``latency_s`` delays every request (the benchmark's 50 ms link). ``reorg(block)`` replaces the
+chain from ``block`` on (new hashes, optionally new rows).
+
+Users: ``python -m chain.devnode --csv FILE`` serves a swaps CSV as a local Base node on
+127.0.0.1 (``ape-chain collect --rpc-url http://127.0.0.1:8545`` then collects it back).
 
 Extending: ``node.methods["eth_sendRawTransaction"] = fn`` where ``fn(params) -> result``;
 raise :class:`RpcError` for a JSON-RPC error.
@@ -32,6 +46,7 @@ from eth_utils import keccak
 
 from chain.pool import (
     BASE_CHAIN_ID,
+    BLOCK_SECONDS,
     ETH_USDC_POOL_ID,
     GET_LIQUIDITY_SELECTOR,
     GET_SLOT0_SELECTOR,
@@ -52,9 +67,15 @@ FAULT_KEYS = {
     "malformed": 0.0,  # probability of a 200 with a broken JSON body
     "max_range": None,  # eth_getLogs block-range limit
     "max_results": None,  # eth_getLogs result-count limit
+    "rps": None,  # token-bucket rate limit (requests/s); beyond it HTTP 429 + Retry-After
+    "rps_burst": 10,
+    "forge": None,  # one of FORGE_KINDS
+    "forge_p": 1.0,  # probability that an eth_getLogs answer with logs is forged
+    "logs_lag": 0,  # eth_getLogs serves blocks up to head - logs_lag only
+    "log_timestamps": False,  # logs carry blockTimestamp
     "seed": 0,
 }
-BLOCK_SECONDS = 2  # Base
+FORGE_KINDS = ("topic0", "address", "pool", "out_of_range", "removed", "duplicate", "bad_data", "hash")
 
 
 class RpcError(Exception):
@@ -96,6 +117,7 @@ class DevNode:
         self.lock = threading.Lock()
         self.faults = dict(FAULT_KEYS)
         self._rng = random.Random(0)
+        self.bucket = (0.0, time.monotonic())
         self.set_faults(**(faults or {}))
         self.epoch: dict[int, int] = {}  # block -> reorg generation (changes its hash)
         self.requests = 0
@@ -155,8 +177,12 @@ class DevNode:
         unknown = set(faults) - set(FAULT_KEYS)
         if unknown:
             raise ValueError(f"unknown fault(s): {sorted(unknown)} (known: {sorted(FAULT_KEYS)})")
+        if faults.get("forge") not in (None, *FORGE_KINDS):
+            raise ValueError(f"unknown forge kind {faults['forge']!r} (known: {FORGE_KINDS})")
         with self.lock:
             self.faults.update(faults)
+            if "rps" in faults or "rps_burst" in faults:
+                self.bucket = (float(self.faults["rps_burst"]), time.monotonic())
             if "seed" in faults:
                 self._rng = random.Random(faults["seed"])
 
@@ -208,7 +234,7 @@ class DevNode:
             tick=r["tick"],
             fee=r["fee"],
         )
-        return {
+        log = {
             "address": POOL_MANAGER,
             "topics": topics,
             "data": data,
@@ -219,15 +245,44 @@ class DevNode:
             "logIndex": _hex(r["log_index"]),
             "removed": False,
         }
+        if self.faults["log_timestamps"]:
+            log["blockTimestamp"] = _hex(self.block_timestamp(r["block_number"]))
+        return log
+
+    def _forge(self, out: list[dict[str, Any]], hi: int) -> list[dict[str, Any]]:
+        kind = self.faults["forge"]
+        with self.lock:
+            if not kind or not out or self._rng.random() >= self.faults["forge_p"]:
+                return out
+        first = out[0]
+        extra = dict(first, logIndex=_hex(int(first["logIndex"], 16) + 0x10000))
+        if kind == "topic0":
+            extra["topics"] = ["0x" + keccak(text="Transfer(address,address,uint256)").hex(), *first["topics"][1:]]
+        elif kind == "address":
+            extra["address"] = "0x000000000000000000000000000000000000dEaD"
+        elif kind == "pool":
+            extra["topics"] = [first["topics"][0], "0x" + "ab" * 32, first["topics"][2]]
+        elif kind == "out_of_range":
+            extra["blockNumber"] = _hex(hi + 1)
+        elif kind == "hash":
+            extra["blockHash"] = "0x" + keccak(text=f"forged:{first['blockHash']}").hex()
+        elif kind == "duplicate":
+            extra = dict(first)
+        elif kind == "removed":
+            return [dict(first, removed=True), *out[1:]]
+        elif kind == "bad_data":
+            return [dict(first, data=first["data"][:-64]), *out[1:]]
+        return [*out, extra]
 
     def _get_logs(self, params: list) -> list[dict[str, Any]]:
         f = params[0] if params else {}
         lo = _parse_block(f.get("fromBlock"), self.head)
-        hi = min(_parse_block(f.get("toBlock"), self.head), self.head)
+        asked = _parse_block(f.get("toBlock"), self.head)
+        max_range = self.faults["max_range"]
+        hi = min(asked, self.head - self.faults["logs_lag"])
         if lo > hi:
             return []
-        max_range = self.faults["max_range"]
-        if max_range is not None and hi - lo + 1 > max_range:
+        if max_range is not None and min(asked, self.head) - lo + 1 > max_range:
             raise RpcError(
                 -32005, f"block range too large: query exceeds max block range of {max_range}"
             )
@@ -250,7 +305,7 @@ class DevNode:
         max_results = self.faults["max_results"]
         if max_results is not None and len(out) > max_results:
             raise RpcError(-32005, f"query returned more than {max_results} results")
-        return out
+        return self._forge(out, asked)
 
     def _get_block(self, params: list) -> dict[str, Any] | None:
         n = _parse_block(params[0], self.head)
@@ -362,6 +417,14 @@ class DevNode:
         with self.lock:
             self.requests += 1
             f = self.faults
+            if f["rps"]:
+                tokens, t = self.bucket
+                now = time.monotonic()
+                tokens = min(float(f["rps_burst"]), tokens + (now - t) * f["rps"])
+                if tokens < 1:
+                    self.bucket = (tokens, now)
+                    return "rate_limit"
+                self.bucket = (tokens - 1, now)
             for name in ("rate_limit", "server_error", "slow", "malformed"):
                 p = f[name]
                 if p and self._rng.random() < p:

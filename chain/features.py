@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from apeagent.errors import UserError
 from apeagent.files import atomic_path
 from chain.amm import price_from_sqrt_price_x96
-from chain.pool import DECIMALS0, DECIMALS1
+from chain.pool import BLOCK_SECONDS, DECIMALS0, DECIMALS1
 
 SWAPS_SCHEMA = pa.schema(
     [
@@ -107,7 +107,10 @@ def swap_features(rows: list[dict[str, Any]]) -> dict[str, np.ndarray | list]:
 
 
 def make_bars(sw: dict[str, Any], bar_seconds: int = 300) -> dict[str, np.ndarray]:
-    """Time bars over [first swap's bar, last swap's bar]; empty bars carry the price forward."""
+    """Time bars over [first swap's bar, last swap's bar]; empty bars carry the price forward.
+
+    Refuses more bars than twice the swaps' block span at Base's block time allows (a bad
+    timestamp would otherwise allocate millions of bars)."""
     if bar_seconds <= 0:
         raise UserError(f"bar seconds must be positive, got {bar_seconds}")
     ts, price = sw["timestamp"], sw["price"]
@@ -117,6 +120,14 @@ def make_bars(sw: dict[str, Any], bar_seconds: int = 300) -> dict[str, np.ndarra
     idx = (ts // bar_seconds).astype(np.int64)
     first, last = int(idx[0]), int(idx[-1])
     n = last - first + 1
+    blocks = int(sw["block_number"][-1] - sw["block_number"][0])
+    bound = (blocks + 1) * BLOCK_SECONDS * 2 // bar_seconds + 2
+    if n > bound:
+        raise UserError(
+            f"timestamps span {int(ts[-1] - ts[0])} s ({n} bars of {bar_seconds} s) but the swaps "
+            f"span only {blocks} blocks (~{blocks * BLOCK_SECONDS} s at {BLOCK_SECONDS} s a block): "
+            f"refusing more than {bound} bars; check the input's timestamps"
+        )
     b = idx - first
     counts = np.bincount(b, minlength=n).astype(np.int64)
     starts = np.searchsorted(b, np.arange(n), side="left")

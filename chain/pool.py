@@ -11,6 +11,8 @@ from typing import Any
 from eth_abi import decode, encode
 from eth_utils import keccak, to_checksum_address
 
+from apeagent.errors import UserError
+
 BASE_CHAIN_ID = 8453
 POOL_MANAGER = "0x498581fF718922c3f8e6A244956aF099B2652b2b"
 STATE_VIEW = "0xA3c0c9b65baD0b08107Aa264b0f3dB444b867A71"
@@ -163,3 +165,23 @@ def decode_slot0(data: bytes | str) -> dict[str, int]:
 def decode_liquidity(data: bytes | str) -> int:
     raw = bytes.fromhex(_hex(data)[2:]) if not isinstance(data, (bytes, bytearray)) else bytes(data)
     return decode(["uint128"], raw)[0]
+
+
+BLOCK_SECONDS = 2  # Base: one block every 2 seconds since genesis
+
+
+def check_timestamps(rows: list[dict[str, Any]], where: str) -> None:
+    """Rows in chain order: timestamps rise with blocks and fit Base's block time.
+
+    Between consecutive rows, ``dt`` must be ``BLOCK_SECONDS * d_block`` within one block time
+    (simulated rows round their timestamps to blocks; real ones match exactly). Raises
+    UserError naming the first row that does not.
+    """
+    for a, b in zip(rows, rows[1:], strict=False):
+        db, dt = b["block_number"] - a["block_number"], b["timestamp"] - a["timestamp"]
+        if dt < 0 or abs(dt - BLOCK_SECONDS * db) > BLOCK_SECONDS:
+            raise UserError(
+                f"{where}: implausible timestamps: block {a['block_number']} at {a['timestamp']}, "
+                f"block {b['block_number']} at {b['timestamp']} ({dt} s for {db} blocks; "
+                f"Base makes one block every {BLOCK_SECONDS} s)"
+            )

@@ -11,43 +11,15 @@ from apeagent.redact import redact_url
 from chain.amm import price_from_sqrt_price_x96
 from chain.collect import (
     BlockCache,
-    Client,
+    Chunk,
     CollectError,
     CollectSettings,
-    CollectStats,
-    RangeTooLarge,
-    RetryChunk,
     check_chain,
-    fetch_chunk,
     pool_state,
+    scan,
 )
-from chain.pool import ETH_USDC_POOL_ID, norm_hex32
-
-BLOCK_SECONDS = 2
-
-
-def recent_swaps(
-    client: Client, cache: BlockCache, s: CollectSettings, lo: int, hi: int
-) -> list[dict[str, Any]]:
-    """Swaps in [lo, hi], splitting ranges the provider refuses."""
-    out: list[dict[str, Any]] = []
-    stack = [(lo, hi)]
-    while stack:
-        a, b = stack.pop()
-        try:
-            events, _ = fetch_chunk(client, cache, s, a, b)
-        except RangeTooLarge:
-            if a == b:
-                raise CollectError(f"provider refuses even a single block ({a})") from None
-            mid = (a + b) // 2
-            stack += [(mid + 1, b), (a, mid)]
-            continue
-        except RetryChunk:
-            stack.append((a, b))
-            continue
-        out += events
-    out.sort(key=lambda e: (e["block_number"], e["log_index"]))
-    return out
+from chain.pool import BLOCK_SECONDS, ETH_USDC_POOL_ID, norm_hex32
+from chain.rpc import Client, RpcSettings, TransportError
 
 
 def window_metrics(swaps: list[dict[str, Any]], now_price: float) -> dict[str, Any]:
@@ -79,33 +51,45 @@ def snapshot(
     allow_chain_id: int | None = None,
     timeout_s: float = 10.0,
     max_retries: int = 5,
+    give_up_s: float = 30.0,
 ) -> dict[str, Any]:
+    """One read: every request gives up after ``max_retries`` retries or ``give_up_s``."""
     if minutes <= 0:
         raise UserError(f"--minutes must be positive, got {minutes}")
     s = CollectSettings(
-        rpc_urls=list(rpc_urls),
+        rpc=RpcSettings(
+            rpc_urls=list(rpc_urls),
+            timeout_s=timeout_s,
+            rate_limit=None,
+            give_up_s=give_up_s,
+            max_attempts=max_retries + 1,
+        ),
         from_block=0,
+        confirmations=0,
         pool_id=norm_hex32(pool_id),
         allow_chain_id=allow_chain_id,
-        timeout_s=timeout_s,
-        max_retries=max_retries,
-        rate_limit=None,
         progress=False,
     )
-    client = Client(s, CollectStats())
     try:
+        client = Client(s.rpc, log=lambda m: None)
         chain_id, head = check_chain(client, s)
         state = pool_state(client, s.pool_id)
         cache = BlockCache(client, s.batch_size)
         head_hash, head_ts = cache.get([head])[head]
         lo = max(0, head - (minutes * 60) // BLOCK_SECONDS)
-        swaps = [
-            e
-            for e in recent_swaps(client, cache, s, lo, head)
-            if e["timestamp"] >= head_ts - minutes * 60
-        ]
-    except CollectError as e:
+        swaps: list[dict[str, Any]] = []
+
+        def keep(_: int, chunk: Chunk | None) -> None:
+            if chunk is not None:
+                swaps.extend(chunk.events)
+
+        beyond = scan(client, cache, s, [(lo, head)], keep)
+        if beyond:
+            raise CollectError(f"the endpoint does not serve blocks {beyond[0][0]}.. yet")
+    except (TransportError, CollectError) as e:
         raise UserError(f"cannot use RPC {', '.join(map(redact_url, rpc_urls))}: {e}") from None
+    swaps.sort(key=lambda e: (e["block_number"], e["log_index"]))
+    swaps = [e for e in swaps if e["timestamp"] >= head_ts - minutes * 60]
     price = price_from_sqrt_price_x96(state["sqrt_price_x96"])
     return {
         "chain_id": chain_id,

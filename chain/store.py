@@ -158,20 +158,23 @@ class Store:
         blocks: Iterable[tuple[int, str, int]] = (),
         meta: dict[str, str] | None = None,
         mark_done: bool = True,
+        replace_range: bool = True,
     ) -> None:
         """Write a chunk's events, block hashes and its done mark atomically.
 
         Events already present in the range are replaced (a redo after a reorg or a crash
-        between fetching and committing never duplicates).
+        between fetching and committing never duplicates); ``replace_range=False`` keeps the
+        other events of the range and replaces only those with the same key (an upsert).
         """
         cur = self.db.cursor()
         cur.execute("BEGIN IMMEDIATE")
         try:
-            cur.execute(
-                "DELETE FROM swaps WHERE block_number BETWEEN ? AND ?", (from_block, to_block)
-            )
+            if replace_range:
+                cur.execute(
+                    "DELETE FROM swaps WHERE block_number BETWEEN ? AND ?", (from_block, to_block)
+                )
             cur.executemany(
-                f"INSERT INTO swaps VALUES ({','.join('?' * len(SWAP_COLUMNS))})",
+                f"INSERT {'' if replace_range else 'OR REPLACE '}INTO swaps VALUES ({','.join('?' * len(SWAP_COLUMNS))})",
                 [_to_db(s) for s in swaps],
             )
             cur.executemany("INSERT OR REPLACE INTO blocks VALUES (?, ?, ?)", list(blocks))
@@ -183,6 +186,10 @@ class Store:
         except BaseException:
             cur.execute("ROLLBACK")
             raise
+
+    def upsert(self, swaps: Iterable[dict[str, Any]], meta: dict[str, str] | None = None) -> None:
+        """Insert or replace events by key (block_number, log_index), in one transaction."""
+        self.commit_chunk(0, -1, swaps, meta=meta, mark_done=False, replace_range=False)
 
     def _mark_done(self, cur: sqlite3.Cursor, lo: int, hi: int) -> None:
         # Merge with overlapping or adjacent ranges so the table stays small.

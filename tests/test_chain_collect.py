@@ -13,25 +13,28 @@ from chain_fixtures import event_fields, real_rows
 from apeagent.errors import UserError
 from chain.collect import CollectSettings, collect
 from chain.devnode import start_devnode
+from chain.rpc import RpcSettings
 from chain.snapshot import snapshot
 from chain.store import Store
 
+RPC_KEYS = set(RpcSettings.__dataclass_fields__)
+
 
 def settings(node, rows, **kw):
+    rpc = dict(
+        rpc_urls=[node.url], timeout_s=0.5, backoff_base_s=0.01, rate_limit=None, seed=0, give_up_s=20
+    )
+    rpc.update({k: v for k, v in kw.items() if k in RPC_KEYS})
     base = dict(
-        rpc_urls=[node.url],
         from_block=rows[0]["block_number"],
         to_block=rows[-1]["block_number"],
         chunk_size=20_000,
         concurrency=4,
-        timeout_s=0.5,
-        backoff_base_s=0.01,
-        rate_limit=None,
+        confirmations=2,
         progress=False,
-        seed=0,
     )
-    base.update(kw)
-    return CollectSettings(**base)
+    base.update({k: v for k, v in kw.items() if k not in RPC_KEYS})
+    return CollectSettings(rpc=RpcSettings(**rpc), **base)
 
 
 def stored(db):
@@ -46,7 +49,7 @@ def rows():
 
 def test_collect_exact_under_faults(tmp_path, rows):
     faults = dict(
-        rate_limit=0.08,
+        rate_limit=0.04,
         retry_after=0.02,
         server_error=0.08,
         malformed=0.08,
@@ -63,7 +66,7 @@ def test_collect_exact_under_faults(tmp_path, rows):
     assert event_fields(got) == event_fields(rows)
     assert stats.splits > 0 and stats.events == len(rows)
     for kind in ("http_429", "http_5xx", "malformed", "timeout"):
-        assert stats.errors.get(kind, 0) > 0, stats.errors
+        assert stats.rpc["errors"].get(kind, 0) > 0, stats.as_dict()
     assert calls["eth_getBlockByNumber"] > 0
     # timestamps and block hashes came from the node's headers
     assert all(g["block_hash"] for g in got) and [g["timestamp"] for g in got] == [
@@ -133,7 +136,7 @@ def test_bad_inputs_leave_the_store_untouched(tmp_path, rows):
             collect(db, settings(node, part))
         url = node.url
     with pytest.raises(UserError, match="cannot use RPC"):  # nothing listens there any more
-        collect(db, settings(node, part, rpc_urls=[url], max_retries=1))
+        collect(db, settings(node, part, rpc_urls=[url], give_up_s=0.5))
     assert sqlite3.connect(db).execute("SELECT * FROM swaps").fetchall() == before
 
 
@@ -186,6 +189,8 @@ def test_sigkill_mid_run_then_restart_is_exact(tmp_path, rows):
             "2",
             "--rate-limit",
             "0",
+            "--confirmations",
+            "2",
             "--quiet",
         ]
         proc = subprocess.Popen(
