@@ -214,8 +214,9 @@ class Wallet:
         for raw in self.sent:
             if "0x" + keccak(raw).hex() == h:
                 from eth_account.typed_transactions import TypedTransaction
+                from hexbytes import HexBytes
 
-                tx = TypedTransaction.from_bytes(raw).as_dict()
+                tx = TypedTransaction.from_bytes(HexBytes(raw)).as_dict()
                 return {
                     "hash": h, "from": self.address, "to": "0x" + bytes(tx["to"]).hex(),
                     "nonce": hex(tx["nonce"]), "value": hex(tx["value"]), "gas": hex(tx["gas"]),
