@@ -286,3 +286,23 @@ def lie_swaps(node, factor: float) -> None:
         return out
 
     node.methods["eth_getLogs"] = get_logs
+
+
+def make_keystore(path: Path, key: bytes, passphrase: str) -> Path:
+    """An eth-account keystore with a cheap KDF (pbkdf2, 1024 rounds: tests only)."""
+    import json
+
+    from eth_account import Account
+
+    path.write_text(json.dumps(Account.encrypt(key, passphrase, kdf="pbkdf2", iterations=1024)))
+    return path
+
+
+def devnode_fixture():
+    """A fresh devnode serving 300 simulated swaps (the agent tests' ``node`` fixture)."""
+    from chain.devnode import start_devnode
+    from chain.simulate import simulate
+
+    n = start_devnode(simulate(300, seed=1))
+    yield n
+    n.stop()

@@ -11,7 +11,7 @@ import json
 import time
 
 import pytest
-from agent_fixtures import Wallet, agent_app
+from agent_fixtures import Wallet, agent_app, devnode_fixture, make_keystore
 from eth_account import Account
 from eth_utils import keccak
 from typer.testing import CliRunner
@@ -130,18 +130,12 @@ ADDRESS = ACCOUNT.address
 PASSPHRASE = "correct horse battery staple"
 
 
-@pytest.fixture
-def node():
-    n = start_devnode(simulate(300, seed=1))
-    yield n
-    n.stop()
+node = pytest.fixture(devnode_fixture)
 
 
 @pytest.fixture(scope="module")
 def keystore(tmp_path_factory):
-    path = tmp_path_factory.mktemp("keys") / "key.json"
-    path.write_text(json.dumps(Account.encrypt(ACCOUNT.key, PASSPHRASE, kdf="pbkdf2", iterations=1024)))
-    return path
+    return make_keystore(tmp_path_factory.mktemp("keys") / "key.json", ACCOUNT.key, PASSPHRASE)
 
 
 def run(node, tmp_path, *args, env=None, input=None, url=None):

@@ -19,7 +19,15 @@ import time
 from pathlib import Path
 
 import pytest
-from agent_fixtures import REPO, Wallet, agent_app, lie_slot0, lie_swaps
+from agent_fixtures import (
+    REPO,
+    Wallet,
+    agent_app,
+    devnode_fixture,
+    lie_slot0,
+    lie_swaps,
+    make_keystore,
+)
 from eth_account import Account
 from eth_account.typed_transactions import TypedTransaction
 from eth_utils import keccak
@@ -38,20 +46,12 @@ ADDRESS = ACCOUNT.address
 PASSPHRASE = "tr0ub4dor&3-passphrase"
 
 
-@pytest.fixture
-def node():
-    n = start_devnode(simulate(300, seed=1))
-    yield n
-    n.stop()
+node = pytest.fixture(devnode_fixture)
 
 
 @pytest.fixture(scope="module")
 def keystore(tmp_path_factory):
-    path = tmp_path_factory.mktemp("keys") / "key.json"
-    path.write_text(
-        json.dumps(Account.encrypt(ACCOUNT.key, PASSPHRASE, kdf="pbkdf2", iterations=1024))
-    )
-    return path
+    return make_keystore(tmp_path_factory.mktemp("keys") / "key.json", ACCOUNT.key, PASSPHRASE)
 
 
 def trade_args(node, tmp_path, keystore, *extra):
