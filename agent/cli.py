@@ -179,19 +179,22 @@ def backtest(
 @app.command()
 def trade(
     paper: bool = typer.Option(
-        True, "--paper/--execute", help="Paper trading (default) or real swaps (opt-in)."
+        True, "--paper/--execute", help="Paper trading (default) or real swaps (opt-in, with --account)."
     ),
     dry_run: bool = typer.Option(
-        False, "--dry-run", help="With --execute: print the calldata, send nothing."
+        False, "--dry-run", help="With --execute: build and print the calldata; needs only --account, signs nothing."
     ),
     rpc_url: list[str] = typer.Option(
         None, "--rpc-url", help="Base JSON-RPC URL; repeat for fallbacks."
+    ),
+    check_rpc_url: list[str] = typer.Option(
+        None, "--check-rpc-url", help="An independent endpoint whose getSlot0 must agree; repeatable."
     ),
     policy: str = typer.Option(
         "student", "--policy", help="student | rules | teacher | hold | rebalance."
     ),
     model: str = typer.Option(
-        None, "--model", help="Student: fused MLX model dir (or base with --adapter)."
+        None, "--model", help="Student: a local fused MLX model dir (or base with --adapter), or hf:org/name."
     ),
     adapter: str = typer.Option(None, "--adapter"),
     iterations: int = typer.Option(
@@ -201,15 +204,21 @@ def trade(
     journal: Path = typer.Option(
         None, "--journal", help="JSONL journal, appended [agent.journal, else RUN/agent/journal.jsonl]."
     ),
-    max_slippage_bps: int = typer.Option(None, "--max-slippage-bps"),
+    max_slippage_bps: int = typer.Option(None, "--max-slippage-bps", help="At most 300 [50]."),
+    allow_high_slippage: bool = typer.Option(
+        False, "--allow-high-slippage", help="DANGER: accept --max-slippage-bps above 300."
+    ),
     max_trade_eth: float = typer.Option(None, "--max-trade-eth"),
+    max_trade_usdc: float = typer.Option(None, "--max-trade-usdc", help="Notional cap of one swap [100]."),
+    max_daily_usdc: float = typer.Option(None, "--max-daily-usdc", help="Notional signed per UTC day [500]."),
     daily_loss_limit_pct: float = typer.Option(None, "--daily-loss-limit-pct"),
     keystore: str = typer.Option(
-        None, "--keystore", help="Encrypted keystore JSON (else the key env var)."
+        None, "--keystore", help="Encrypted keystore JSON (passphrase: $APE_KEYSTORE_PASSWORD or asked)."
     ),
     account: str = typer.Option(
-        None, "--account", help="Expected address: refuse a key for another one."
+        None, "--account", help="The address to trade from (required with --execute)."
     ),
+    yes: bool = typer.Option(False, "--yes", help="Do not ask before the run's first swap."),
     fork: bool = typer.Option(
         False, "--fork", help="Accept another chain id on a loopback RPC (a local fork)."
     ),
@@ -217,7 +226,8 @@ def trade(
     config: str = ConfigOpt,
     run_dir: Path = RunDirOpt,
 ) -> None:
-    """Trade the live pool: paper fills by default; --execute sends Universal Router swaps."""
+    """Trade the live pool: paper fills by default; --execute --account ADDR sends Universal
+    Router swaps, each on a price checked across sources and a simulated quote."""
     cfg, dcfg, run = _config(
         config,
         run_dir,
@@ -225,12 +235,16 @@ def trade(
             "model": model,
             "adapter": adapter,
             "rpc_urls": list(rpc_url) if rpc_url else None,
+            "check_rpc_urls": list(check_rpc_url) if check_rpc_url else None,
             "interval_seconds": interval_seconds,
             "journal": str(journal) if journal else None,
             "max_slippage_bps": max_slippage_bps,
             "max_trade_eth": max_trade_eth,
+            "max_trade_usdc": max_trade_usdc,
+            "max_daily_usdc": max_daily_usdc,
             "daily_loss_limit_pct": daily_loss_limit_pct,
             "account": account,
+            "keystore": keystore,
             "stateful": stateful,
         },
     )
@@ -242,15 +256,25 @@ def trade(
         from apeagent.blas import ensure_fast_blas
 
         ensure_fast_blas()
-    from agent.live import EXECUTE, PAPER, Journal, run_agent
+    from agent.live import EXECUTE, PAPER, Interrupted, Journal, run_agent
 
     _default_model(cfg, run)
     mode = PAPER if paper else EXECUTE
+    acct = None
     if mode == EXECUTE:
-        # Key, chain and RPC problems surface before a model is loaded.
-        from agent.execute import connect, load_account
+        # Flags, key, chain and RPC problems surface before a model is loaded.
+        from agent.execute import check_slippage, connect, expected_account, load_account
 
-        load_account(cfg, keystore)
+        cfg["allow_high_slippage"] = allow_high_slippage
+        expected_account(cfg)
+        check_slippage(cfg["max_slippage_bps"], allow_high_slippage)
+        if allow_high_slippage and cfg["max_slippage_bps"] > 300:
+            console.print(
+                f"[bold red]WARNING[/bold red]: slippage bound {cfg['max_slippage_bps']} bps: "
+                f"a swap may fill {cfg['max_slippage_bps'] / 100:g}% below the checked price"
+            )
+        if not dry_run:
+            acct = load_account(cfg)
         connect(cfg["rpc_urls"], fork=fork, expected_chain_id=int(cfg["chain_id"]))
     journal_path = Path(cfg["journal"]) if cfg["journal"] else run.journal
     check_output(journal_path)
@@ -262,22 +286,63 @@ def trade(
         )
 
     pols = _make_policies([policy], cfg, dcfg, log=log)
-    summary = run_agent(
-        pols[policy],
-        cfg,
-        mode=mode,
-        rpc_urls=cfg["rpc_urls"],
-        journal=journal_path,
-        iterations=iterations,
-        dry_run=dry_run,
-        fork=fork,
-        keystore=keystore,
-        echo=typer.echo,
-    )
+    try:
+        summary = run_agent(
+            pols[policy],
+            cfg,
+            mode=mode,
+            rpc_urls=cfg["rpc_urls"],
+            journal=journal_path,
+            iterations=iterations,
+            dry_run=dry_run,
+            fork=fork,
+            account=acct,
+            confirm=None if yes else _confirm,
+            echo=typer.echo,
+        )
+    except Interrupted as e:
+        console.print(str(e))
+        raise typer.Exit(130) from None
     console.print(
         f"{summary['journal']}: {summary['iterations']} decisions, {summary['trades']} trades, "
-        f"{summary['unparseable']} unparseable, {summary['halted']} halted ({mode})"
+        f"{summary['refused']} refused, {summary['unparseable']} unparseable, "
+        f"{summary['halted']} halted ({mode}{', dry run' if dry_run else ''})"
     )
+
+
+def _confirm(text: str) -> bool:
+    """Ask on the terminal; no terminal (or end of input) is a no."""
+    try:
+        return typer.confirm(text, default=False, err=True)
+    except (typer.Abort, EOFError):
+        return False
+
+
+@app.command()
+def keystore(
+    path: Path = typer.Argument(..., help="The keystore JSON file to create (mode 0600)."),
+    config: str = ConfigOpt,
+) -> None:
+    """Encrypt a private key into a keystore file. The key and the passphrase are asked with
+    getpass (never on the command line); the passphrase may come from $APE_KEYSTORE_PASSWORD."""
+    import getpass
+    import os
+
+    from agent.execute import write_keystore
+    from apeagent.config import config_for, load, section
+
+    cfg = section(load(config_for(config, None)), "agent")
+    if not os.isatty(0):
+        raise UserError("ape-agent keystore asks for the key on a terminal (none here)")
+    key = getpass.getpass("private key (hex, not echoed): ")
+    password = os.environ.get(cfg["keystore_password_env"])
+    if password is None:
+        password = getpass.getpass("new passphrase: ")
+        if getpass.getpass("again: ") != password:
+            raise UserError("the two passphrases differ")
+    address = write_keystore(path, key, password)
+    key = password = None
+    console.print(f"{path}: keystore for {address}")
 
 
 def main() -> None:

@@ -15,10 +15,13 @@ The pool key is the ETH-USDC pool: currency0 native ETH (address 0), currency1 U
 the usual Permit2 allowances (USDC -> Permit2, Permit2 -> router), checked before building.
 
 Safety: the chain id must be 8453 (a local fork is accepted only when flagged and on a
-loopback URL); the key comes only from an environment variable or an encrypted keystore
-and is never printed, logged or written; a trade is capped at ``max_trade_eth``; the minimum
-output is the exact-math quote less ``max_slippage_bps``; the daily loss limit stops trading
-for the UTC day. Balance, allowance and key checks all happen before a transaction exists.
+loopback URL); the key comes only from an encrypted keystore (eth-account), its passphrase
+from ``getpass`` or an environment variable, and neither is ever printed, logged or written.
+The expected output is simulated with the V4 Quoter (``eth_call``) just before signing and
+checked against the exact-math quote at the price-checked pool state (:mod:`agent.prices`);
+the minimum output is derived from both and ``max_slippage_bps`` (at most
+:data:`MAX_SLIPPAGE_BPS` unless loudly overridden). Balance, allowance and key checks all
+happen before a transaction exists.
 """
 
 from __future__ import annotations
@@ -49,6 +52,11 @@ from chain.pool import (
 )
 
 PERMIT2 = "0x000000000022D473030F116dDEE9F6B43aC78BA3"
+V4_QUOTER = "0x0d5e0f971ed27fbff6c2837bf31316121532048d"  # Base (docs.uniswap.org/contracts/v4/deployments)
+QUOTE_SIGNATURE = (
+    "quoteExactInputSingle(((address,address,uint24,int24,address),bool,uint128,bytes))"
+)
+MAX_SLIPPAGE_BPS = 300  # above: only with --allow-high-slippage
 V4_SWAP = 0x10
 SWAP_EXACT_IN_SINGLE = 0x06
 SETTLE_ALL = 0x0C
@@ -71,20 +79,33 @@ class SwapPlan:
     side: str  # "sell" (ETH -> USDC, zeroForOne) | "buy" (USDC -> ETH)
     zero_for_one: bool
     amount_in: int  # raw units of the input token
-    quote_out: int  # exact-math output at the quoted pool state
-    min_amount_out: int  # quote less the slippage allowance
+    quote_out: int  # exact-math output at the checked pool state
+    min_amount_out: int  # what the router must deliver, else the swap reverts
     deadline: int  # unix seconds
     value: int  # msg.value (wei): the input for ETH sells, 0 otherwise
-    price: float  # the quoted mid price, USDC per ETH
+    price: float  # the checked mid price, USDC per ETH
+    notional_usdc: float  # the trade's size valued at ``price``
+    simulated_out: int | None = None  # the Quoter's answer (eth_call), once asked
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+def check_slippage(max_slippage_bps: int, allow_high: bool = False) -> int:
+    """The slippage bound, refused above :data:`MAX_SLIPPAGE_BPS` unless ``allow_high``."""
+    bps = int(max_slippage_bps)
+    if not 0 <= bps < 10_000:
+        raise UserError(f"--max-slippage-bps must be in [0, 10000), got {bps}")
+    if bps > MAX_SLIPPAGE_BPS and not allow_high:
+        raise UserError(
+            f"--max-slippage-bps {bps} is above the {MAX_SLIPPAGE_BPS} bps cap: a swap could fill "
+            f"{bps / 100:g}% below the price; pass --allow-high-slippage to accept that"
+        )
+    return bps
+
+
 def min_output(quote_out: int, max_slippage_bps: int) -> int:
-    if not 0 <= max_slippage_bps < 10_000:
-        raise UserError(f"--max-slippage-bps must be in [0, 10000), got {max_slippage_bps}")
-    return quote_out * (10_000 - int(max_slippage_bps)) // 10_000
+    return quote_out * (10_000 - check_slippage(max_slippage_bps, allow_high=True)) // 10_000
 
 
 def v4_swap_input(zero_for_one: bool, amount_in: int, min_amount_out: int) -> bytes:
@@ -120,7 +141,8 @@ def plan_swap(
     deadline_seconds: int,
     now: float | None = None,
 ) -> SwapPlan:
-    """Quote an exact-input swap at a pool state with the exact math; derive the minimum out."""
+    """Quote an exact-input swap at a pool state with the exact math; derive the minimum out
+    (refined by :func:`apply_simulation` once the Quoter has answered)."""
     zero_for_one = side == "sell"
     try:
         r = swap_exact_input(
@@ -128,6 +150,8 @@ def plan_swap(
         )
     except AmmError as e:
         raise UserError(f"cannot quote the swap at the current pool state: {e}") from None
+    price = price_from_sqrt_price_x96(sqrt_price_x96)
+    notional = amount_in / 1e18 * price if zero_for_one else amount_in / 1e6
     return SwapPlan(
         side=side,
         zero_for_one=zero_for_one,
@@ -136,66 +160,146 @@ def plan_swap(
         min_amount_out=min_output(r.amount_out, max_slippage_bps),
         deadline=int(now if now is not None else time.time()) + int(deadline_seconds),
         value=int(amount_in) if zero_for_one else 0,
-        price=price_from_sqrt_price_x96(sqrt_price_x96),
+        price=price,
+        notional_usdc=notional,
     )
+
+
+def quote_calldata(zero_for_one: bool, amount_in: int) -> str:
+    """``V4Quoter.quoteExactInputSingle((poolKey, zeroForOne, exactAmount, hookData))``."""
+    args = (POOL_KEY, zero_for_one, int(amount_in), b"")
+    return "0x" + (keccak(text=QUOTE_SIGNATURE)[:4] + encode([f"({POOL_KEY_TYPE},bool,uint128,bytes)"], [args])).hex()
+
+
+def simulate_quote(w3, plan: SwapPlan, block: int | str = "latest") -> int:
+    """The output the pool would give now, by simulation (``eth_call`` of the V4 Quoter)."""
+    from eth_abi import decode
+
+    try:
+        raw = bytes(
+            w3.eth.call(
+                {"to": to_checksum_address(V4_QUOTER), "data": quote_calldata(plan.zero_for_one, plan.amount_in)},
+                block,
+            )
+        )
+        amount_out, _gas = decode(["uint256", "uint256"], raw)
+    except Exception as e:  # a revert, an empty or short answer: no simulated quote, no order
+        raise UserError(
+            f"the V4 Quoter {V4_QUOTER} did not simulate the swap ({type(e).__name__}: "
+            f"{str(e)[:120]}): no order"
+        ) from None
+    return int(amount_out)
+
+
+def apply_simulation(plan: SwapPlan, simulated_out: int, max_slippage_bps: int) -> SwapPlan:
+    """Check the simulated output against the exact-math quote at the checked price, then
+    derive the minimum output from the lower of the two (never above the checked quote).
+
+    Refused (UserError) when the simulation is worse than the checked quote by more than the
+    slippage bound: the pool, or one of the answers about it, is not what was checked.
+    """
+    bps = int(max_slippage_bps)
+    floor = plan.quote_out * (10_000 - bps) // 10_000
+    plan.simulated_out = int(simulated_out)
+    if simulated_out < floor:
+        short = 100.0 * (1.0 - simulated_out / plan.quote_out) if plan.quote_out else 100.0
+        raise UserError(
+            f"simulated output {simulated_out} is {short:.2f}% below the checked quote "
+            f"{plan.quote_out} (bound {bps / 100:g}%): no order"
+        )
+    plan.min_amount_out = min_output(min(int(simulated_out), plan.quote_out), bps)
+    return plan
 
 
 # ---------------------------------------------------------------- keys
 
 
-def load_account(cfg: dict, keystore: str | None = None):
-    """The signing account from ``$<key_env>`` or an encrypted keystore file.
+def load_account(cfg: dict, *, ask=getpass.getpass):
+    """The signing account from an encrypted keystore file (eth-account / geth format).
 
-    Error messages name where the key was looked for, never the key or the password.
+    The passphrase comes from ``$<keystore_password_env>`` or is asked on the terminal
+    (``getpass``). The decrypted key lives only inside the returned account object. Error
+    messages name the file, never the key or the passphrase. The address must match the
+    expected ``account`` (required: a key for another account is refused).
     """
     from eth_account import Account
 
-    path = keystore or cfg.get("keystore") or ""
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"keystore file not found: {p}")
-        try:
-            data = json.loads(p.read_text())
-        except ValueError:
-            raise UserError(f"{p}: not a JSON keystore file") from None
-        password = os.environ.get(cfg["keystore_password_env"])
-        if password is None:
-            if not os.isatty(0):
-                raise UserError(
-                    f"keystore {p}: set ${cfg['keystore_password_env']} (no terminal to ask on)"
-                )
-            password = getpass.getpass(f"password for {p}: ")
-        try:
-            key = Account.decrypt(data, password)
-        except Exception:
-            raise UserError(f"keystore {p}: wrong password or corrupt file") from None
-        where = f"keystore {p}"
-    else:
-        env = cfg["key_env"]
-        key = os.environ.get(env)
-        if not key:
-            raise UserError(
-                f"no private key: set ${env} or give --keystore (keys are never read from config files)"
-            )
-        where = f"${env}"
+    path = cfg.get("keystore") or ""
+    expected = expected_account(cfg)
+    if not path:
+        raise UserError(
+            "live trading needs an encrypted keystore: --keystore FILE (make one with "
+            "`ape-agent keystore FILE`); keys are never read from the environment or a config"
+        )
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"keystore file not found: {p}")
     try:
-        acct = Account.from_key(key)
-    except Exception:
-        raise UserError(f"{where} does not hold a valid 32-byte hex private key") from None
-    finally:
-        key = None
-    expected = cfg.get("account") or ""
-    if expected:
+        data = json.loads(p.read_text())
+        if not isinstance(data, dict) or "crypto" not in {k.lower() for k in data}:
+            raise ValueError
+    except (ValueError, UnicodeDecodeError):
+        raise UserError(f"{p}: not a JSON keystore file") from None
+    if data.get("address"):
         try:
-            expected = to_checksum_address(expected)
+            stored = to_checksum_address("0x" + str(data["address"]).removeprefix("0x"))
         except ValueError:
-            raise UserError(f"--account {expected!r} is not an address") from None
-        if acct.address != expected:
-            raise UserError(
-                f"the key in {where} is for {acct.address}, not the expected account {expected}"
-            )
+            raise UserError(f"{p}: the keystore's address field is not an address") from None
+        if stored != expected:
+            raise UserError(f"keystore {p} is for {stored}, not the expected account {expected}")
+    env = cfg["keystore_password_env"]
+    password = os.environ.get(env)
+    if password is None:
+        if not os.isatty(0):
+            raise UserError(f"keystore {p}: set ${env} (no terminal to ask the passphrase on)")
+        password = ask(f"passphrase for {p}: ")
+    try:
+        acct = Account.from_key(Account.decrypt(data, password))
+    except Exception:
+        raise UserError(f"keystore {p}: wrong passphrase or corrupt file") from None
+    finally:
+        password = None
+    if acct.address != expected:
+        raise UserError(
+            f"the key in keystore {p} is for {acct.address}, not the expected account {expected}"
+        )
     return acct
+
+
+def expected_account(cfg: dict) -> str:
+    """The ``--account`` address (checksummed); required for any execution."""
+    text = cfg.get("account") or ""
+    if not text:
+        raise UserError(
+            "--execute needs --account ADDRESS: the address you expect to trade from "
+            "(a key or keystore for another account is refused)"
+        )
+    try:
+        return to_checksum_address(text)
+    except ValueError:
+        raise UserError(f"--account {text!r} is not an address") from None
+
+
+def write_keystore(path: str | Path, key: str, password: str) -> str:
+    """Encrypt ``key`` with ``password`` (scrypt, eth-account defaults) into ``path`` (mode
+    0600, written atomically, never over an existing file). Returns the address."""
+    from eth_account import Account
+
+    from apeagent.files import atomic_path
+
+    p = Path(path).expanduser()
+    if p.exists():
+        raise UserError(f"{p} exists: refusing to overwrite a keystore")
+    if len(password) < 8:
+        raise UserError("the passphrase must have at least 8 characters")
+    try:
+        acct = Account.from_key(key.strip())
+    except Exception:
+        raise UserError("that is not a valid 32-byte hex private key") from None
+    data = Account.encrypt(acct.key, password)
+    with atomic_path(p) as tmp:  # mkstemp: mode 0600
+        tmp.write_text(json.dumps(data))
+    return acct.address
 
 
 # ---------------------------------------------------------------- node
@@ -301,8 +405,10 @@ def check_funds(w3, address: str, plan: SwapPlan, gas_wei: int) -> None:
         )
 
 
-def build_transaction(w3, address: str, plan: SwapPlan, chain_id: int) -> dict[str, Any]:
-    """The unsigned EIP-1559 transaction for ``plan`` (nonce and fees from the node)."""
+def build_transaction(
+    w3, address: str, plan: SwapPlan, chain_id: int, nonce: int
+) -> dict[str, Any]:
+    """The unsigned EIP-1559 transaction for ``plan`` (fees from the node, nonce given)."""
     base = w3.eth.get_block("latest").get("baseFeePerGas", 0) or 0
     try:
         tip = int(w3.eth.max_priority_fee)
@@ -317,25 +423,73 @@ def build_transaction(w3, address: str, plan: SwapPlan, chain_id: int) -> dict[s
             plan.zero_for_one, plan.amount_in, plan.min_amount_out, plan.deadline
         ).hex(),
         "value": plan.value,
-        "nonce": w3.eth.get_transaction_count(to_checksum_address(address), "pending"),
+        "nonce": int(nonce),
         "gas": SWAP_GAS_LIMIT,
         "maxPriorityFeePerGas": tip,
         "maxFeePerGas": 2 * int(base) + tip,
     }
 
 
-def send(w3, acct, tx: dict[str, Any], wait_s: float = 120.0) -> dict[str, Any]:
-    """Sign locally and broadcast; wait for the receipt. Returns a journal-safe summary."""
+def next_nonce(w3, address: str) -> int:
+    """The account's next nonce as the node counts it (pending transactions included)."""
+    n = w3.eth.get_transaction_count(to_checksum_address(address), "pending")
+    if not isinstance(n, int) or n < 0:
+        raise UserError(f"the node answered a nonce of {n!r} for {address}")
+    return n
+
+
+def sign(acct, tx: dict[str, Any]) -> tuple[bytes, str]:
+    """Sign locally: the raw transaction and its hash (the journal keeps the hash)."""
     signed = acct.sign_transaction(tx)
-    tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
-    out = {"tx_hash": "0x" + bytes(tx_hash).hex(), "status": None, "block": None, "gas_used": None}
+    return bytes(signed.raw_transaction), "0x" + bytes(signed.hash).hex()
+
+
+def broadcast(w3, raw: bytes, tx_hash: str) -> None:
+    """``eth_sendRawTransaction``; a refusal (nonce too low, underpriced, ...) is a UserError
+    with the node's message. The node's answer must be the hash we signed."""
     try:
-        rcpt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=wait_s)
-        out.update(
-            status=int(rcpt["status"]),
-            block=int(rcpt["blockNumber"]),
-            gas_used=int(rcpt["gasUsed"]),
-        )
-    except Exception as e:  # not mined in time: the journal keeps the hash to look it up
-        out["status"] = f"pending ({type(e).__name__})"
-    return out
+        got = w3.eth.send_raw_transaction(raw)
+    except Exception as e:  # Web3RPCError, HTTP errors, timeouts
+        raise UserError(f"the node refused the transaction {tx_hash}: {_error_text(e)}") from None
+    got = "0x" + bytes(got).hex()
+    if got.lower() != tx_hash.lower():
+        raise UserError(f"the node answered hash {got} for the transaction {tx_hash}")
+
+
+def receipt(w3, tx_hash: str) -> dict[str, int] | None:
+    """``{status, block, gas_used}`` of a mined transaction, None while it is not mined."""
+    from web3.exceptions import TransactionNotFound
+
+    try:
+        r = w3.eth.get_transaction_receipt(tx_hash)
+    except TransactionNotFound:
+        return None
+    if r is None:
+        return None
+    h = "0x" + bytes(r["transactionHash"]).hex()
+    if h.lower() != tx_hash.lower():
+        raise UserError(f"the node answered the receipt of {h} for {tx_hash}")
+    return {"status": int(r["status"]), "block": int(r["blockNumber"]), "gas_used": int(r["gasUsed"])}
+
+
+def known_to_node(w3, tx_hash: str) -> bool:
+    """Whether the node has the transaction (pending or mined)."""
+    from web3.exceptions import TransactionNotFound
+
+    try:
+        return w3.eth.get_transaction(tx_hash) is not None
+    except TransactionNotFound:
+        return False
+
+
+def _error_text(e: Exception) -> str:
+    """A node's error as one short line. Transport errors give only their type: their text
+    carries the URL, and provider URLs carry API keys."""
+    from web3.exceptions import Web3RPCError
+
+    if not isinstance(e, Web3RPCError):
+        return type(e).__name__
+    msg = e.message or ""
+    if isinstance(msg, dict):
+        msg = msg.get("message", "")
+    return (str(msg).splitlines() or [""])[0][:200] or type(e).__name__

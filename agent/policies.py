@@ -137,21 +137,38 @@ class RulesPolicy:
         return Decision(d["decision"], d["amount_eth"])
 
 
-def check_model_dir(path: str | Path, what: str = "model") -> Path:
-    """A clear error for a missing or incomplete MLX model / adapter dir (before loading)."""
-    p = Path(path)
-    if not str(path):
-        raise UserError(f"no {what} given (--model or agent.model)")
-    if not p.exists():
-        raise UserError(f"{what} not found: {p}")
-    if what == "adapter":
-        if not (p / "adapters.safetensors").is_file() or not (p / "adapter_config.json").is_file():
-            raise UserError(
-                f"{p}: not an mlx-lm adapters dir (needs adapters.safetensors, adapter_config.json)"
-            )
-    elif not (p / "config.json").is_file() or not any(p.glob("*.safetensors")):
-        raise UserError(f"{p}: not an MLX model dir (needs config.json and *.safetensors)")
-    return p
+HF_PREFIX = "hf:"
+
+
+def load_model(model: str, adapter: str = ""):
+    """``(model, tokenizer)`` from a model reference: a local MLX model dir (it must exist:
+    nothing is ever downloaded for a path, or a typo of one) or an explicit Hugging Face
+    repo ``hf:org/name`` (fetched into the HF cache by mlx-lm)."""
+    import re
+
+    from finetune_mlx.model_dir import check_adapter, load
+
+    if not model:
+        raise UserError("no model given (--model DIR or hf:org/name, or agent.model)")
+    if model.startswith(HF_PREFIX):
+        repo = model[len(HF_PREFIX) :]
+        if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", repo):
+            raise UserError(f"--model {model!r}: a hub model is hf:org/name")
+        from mlx_lm import load as hub_load
+
+        if adapter:
+            raise UserError("--adapter goes with a local base model dir, not an hf: reference")
+        try:
+            return hub_load(repo)
+        except Exception as e:  # noqa: BLE001 - hub and load errors of every kind
+            raise UserError(f"cannot load {model!r} from the Hugging Face hub: {e}") from None
+    if not Path(model).expanduser().is_dir():
+        raise UserError(
+            f"model directory not found: {model} (a Hugging Face model is written hf:org/name)"
+        )
+    if adapter:
+        check_adapter(adapter, Path(model).expanduser())
+    return load(Path(model).expanduser(), adapter or None)
 
 
 class ModelPolicy:
@@ -164,7 +181,6 @@ class ModelPolicy:
         *,
         name: str = "student",
         max_tokens: int = 96,
-        temperature: float = 0.0,
         style: str = "cod",
         system: bool = True,
         stateful: bool = False,
@@ -173,23 +189,9 @@ class ModelPolicy:
         plain: bool = False,
         log=None,
     ):
-        from mlx_lm import load
-        from mlx_lm.sample_utils import make_sampler
-
-        # A local path must be a model dir; anything else is tried as a Hugging Face repo.
-        if Path(model).exists() or model.startswith((".", "/", "~")) or not model:
-            check_model_dir(model)
-        if adapter:
-            check_model_dir(adapter, "adapter")
-        try:
-            self.model, self.tokenizer = load(model, adapter_path=adapter or None)
-        except Exception as e:  # mlx-lm raises several types for a bad dir or repo
-            raise UserError(
-                f"cannot load model {model!r}{f' + {adapter!r}' if adapter else ''}: {e}"
-            ) from None
+        self.model, self.tokenizer = load_model(model, adapter)
         self.name = name
         self.max_tokens = max_tokens
-        self.sampler = make_sampler(temp=temperature)
         # without a system prompt when the student was trained without one (distill.include_system)
         self.system = system_prompt(style) if system else None
         self.stateful = stateful
@@ -200,6 +202,11 @@ class ModelPolicy:
 
     def messages(self, state: MarketState, history: History | None) -> tuple[list[int], int]:
         """Token ids of the chat (fitted to the context) and the number of detailed trades."""
+        _, ids, detail = self.fit(state, history)
+        return ids, detail
+
+    def fit(self, state: MarketState, history: History | None) -> tuple[list[dict], list[int], int]:
+        """The chat fitted to the context, its token ids, the number of detailed trades."""
         user = {"role": "user", "content": format_prompt(state)}
         base = [{"role": "system", "content": self.system}] if self.system else []
         budget = self.context_tokens - self.max_tokens
@@ -214,21 +221,16 @@ class ModelPolicy:
                 chat, add_generation_prompt=True, return_dict=False
             )
             if len(ids) <= budget or detail < 0:
-                return list(ids), max(detail, 0)
+                return chat, list(ids), max(detail, 0)
             # Too long: fold the oldest detailed trade into the summary; then drop history.
             detail = detail - 1 if detail > 0 else -1
 
     def decide(self, state: MarketState, history: History | None = None) -> Decision:
-        from mlx_lm import stream_generate
+        from finetune_mlx.evaluate import answer  # the one greedy answer (eval uses it too)
 
-        ids, detail = self.messages(state, history)
-        text, last = "", None
-        t0 = time.perf_counter()
-        for last in stream_generate(
-            self.model, self.tokenizer, ids, max_tokens=self.max_tokens, sampler=self.sampler
-        ):
-            text += last.text
-        latency = time.perf_counter() - t0
+        chat, ids, detail = self.fit(state, history)
+        out = answer(self.model, self.tokenizer, chat, self.max_tokens)
+        text = out["text"]
         ans = parse_answer(text, plain=self.plain)
         d = Decision(
             ans.decision if ans.valid else APE_NEUTRAL,
@@ -237,8 +239,8 @@ class ModelPolicy:
             reason=ans.reason,
             raw=text,
             prompt_tokens=len(ids),
-            answer_tokens=last.generation_tokens if last else 0,
-            latency_s=latency,
+            answer_tokens=out["tokens"],
+            latency_s=out["latency_s"],
             history_trades=detail,
         )
         if not ans.valid and self.log is not None:
@@ -258,7 +260,6 @@ def make_policy(kind: str, cfg: dict, distill_cfg: dict, log=None):
         return RulesPolicy(distill_cfg)
     common = dict(
         max_tokens=cfg["max_tokens"],
-        temperature=cfg["temperature"],
         style=cfg["style"],
         stateful=cfg["stateful"],
         context_tokens=cfg["context_tokens"],

@@ -1,23 +1,40 @@
-"""Shared pieces of the agent tests: a tiny student, hand-built swap rows, a wallet on the devnode.
+"""Shared pieces of the agent tests: a tiny student, hand-built swap rows, a wallet on the devnode,
+and answers that lie.
 
 The wallet extends the chain tests' JSON-RPC node (real HTTP on 127.0.0.1) through its
 ``methods`` hook with what an execution needs: balances, ERC-20 / Permit2 allowances, nonces,
-fee data, and ``eth_sendRawTransaction`` that decodes and keeps the signed transaction.
+fee data, the V4 Quoter (``eth_call``, computed with the exact pool math at the node's pool
+state), ``eth_sendRawTransaction`` that keeps the signed transaction, receipts, and switches
+for the failures the tests need (a refused send, a send that hangs, a transaction that stays
+pending, a quote that lies). :func:`lie_slot0` and :func:`lie_swaps` make one kind of answer
+of a node lie about the price.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
+import math as _math
 import random
+import threading
 from pathlib import Path
 from typing import Any
 
 from eth_abi import decode, encode
 from eth_utils import keccak
 
-from agent.execute import PERMIT2
-from chain.amm import Q96, sqrt_price_x96_from_price
-from chain.pool import ETH_USDC_POOL_ID, FEE, USDC
+from agent.execute import PERMIT2, POOL_KEY_TYPE, V4_QUOTER
+from chain.amm import Q96, sqrt_price_x96_from_price, swap_exact_input
+from chain.devnode import RpcError
+from chain.pool import (
+    ETH_USDC_POOL_ID,
+    FEE,
+    GET_SLOT0_SELECTOR,
+    STATE_VIEW,
+    SWAP_DATA_TYPES,
+    SWAP_TOPIC,
+    USDC,
+)
 from distill.prompt import LN_TICK, MarketState, format_prompt, system_prompt
 from distill.rules import cod_answer
 
@@ -117,6 +134,12 @@ class Wallet:
         self.erc20_allowance = 0  # USDC -> Permit2
         self.permit2 = (0, 0)  # (amount, expiration) Permit2 -> router
         self.sent: list[bytes] = []
+        self.mine = True  # False: sent transactions stay pending (no receipt)
+        self.send_error: str | None = None  # a JSON-RPC error for eth_sendRawTransaction
+        self.send_hold: threading.Event | None = None  # set: the send hangs until it is set
+        self.quote_factor = 1.0  # the Quoter's answer times this (a lying simulation)
+        self.quote_revert = False
+        self.quotes = 0
         state_call = node.methods["eth_call"]
         sel = {
             keccak(text=s)[:4].hex(): s
@@ -145,24 +168,70 @@ class Wallet:
             if to == PERMIT2.lower() and name == "allowance(address,address,address)":
                 amount, exp = self.permit2
                 return "0x" + encode(["uint160", "uint48", "uint48"], [amount, exp, 0]).hex()
+            if to == V4_QUOTER.lower():
+                return self._quote(data)
             return state_call(params)
 
         node.methods.update(
             eth_call=call,
             eth_getBalance=lambda p: hex(self.wei if p[0].lower() == self.address else 0),
             eth_getTransactionCount=lambda p: hex(len(self.sent)),
+            eth_getTransactionByHash=self._get_tx,
             eth_maxPriorityFeePerGas=lambda p: hex(1_000_000),
             eth_sendRawTransaction=self._send,
             eth_getTransactionReceipt=self._receipt,
         )
 
+    def pool_state(self) -> dict:
+        """The node's pool state at its head (the last swap row up to the head block)."""
+        k = bisect.bisect_right(self.node.blocks_index, self.node.head)
+        return self.node.rows[k - 1]
+
+    def _quote(self, data: bytes) -> str:
+        self.quotes += 1
+        if self.quote_revert:
+            raise RpcError(3, "execution reverted")
+        ((key, zero_for_one, amount, _hook),) = decode(
+            [f"({POOL_KEY_TYPE},bool,uint128,bytes)"], data[4:]
+        )
+        st = self.pool_state()
+        out = swap_exact_input(st["sqrt_price_x96"], st["liquidity"], amount, zero_for_one, key[2])
+        return "0x" + encode(
+            ["uint256", "uint256"], [int(out.amount_out * self.quote_factor), 120_000]
+        ).hex()
+
     def _send(self, params: list) -> str:
+        if self.send_hold is not None:
+            self.send_hold.wait(60)
+        if self.send_error:
+            raise RpcError(-32000, self.send_error)
         raw = bytes.fromhex(params[0][2:])
         self.sent.append(raw)
         return "0x" + keccak(raw).hex()
 
+    def _get_tx(self, params: list) -> dict[str, Any] | None:
+        h = params[0].lower()
+        for raw in self.sent:
+            if "0x" + keccak(raw).hex() == h:
+                from eth_account.typed_transactions import TypedTransaction
+                from hexbytes import HexBytes
+
+                tx = TypedTransaction.from_bytes(HexBytes(raw)).as_dict()
+                return {
+                    "hash": h, "from": self.address, "to": "0x" + bytes(tx["to"]).hex(),
+                    "nonce": hex(tx["nonce"]), "value": hex(tx["value"]), "gas": hex(tx["gas"]),
+                    "input": "0x", "blockNumber": None, "blockHash": None, "transactionIndex": None,
+                    "type": "0x2", "chainId": hex(tx["chainId"]),
+                    "maxFeePerGas": hex(tx["maxFeePerGas"]),
+                    "maxPriorityFeePerGas": hex(tx["maxPriorityFeePerGas"]),
+                    "v": "0x0", "r": "0x1", "s": "0x1",
+                }
+        return self.node._get_tx(params)
+
     def _receipt(self, params: list) -> dict[str, Any] | None:
         h = params[0].lower()
+        if not self.mine:
+            return None
         for raw in self.sent:
             if "0x" + keccak(raw).hex() == h:
                 head = self.node.head
@@ -183,3 +252,57 @@ class Wallet:
                     "type": "0x2",
                 }
         return None
+
+
+def lie_slot0(node, factor: float) -> None:
+    """StateView ``getSlot0`` on ``node`` answers ``factor`` times the real price (every other
+    answer, the Swap logs included, stays true)."""
+    real = node.methods["eth_call"]
+
+    def call(params: list) -> str:
+        out = real(params)
+        data = params[0].get("data") or params[0].get("input") or "0x"
+        if (params[0].get("to") or "").lower() == STATE_VIEW.lower() and data[:10] == GET_SLOT0_SELECTOR:
+            sqrt_p, tick, pfee, lpfee = decode(["uint160", "int24", "uint24", "uint24"], bytes.fromhex(out[2:]))
+            sqrt_p = int(sqrt_p * _math.sqrt(factor))
+            return "0x" + encode(["uint160", "int24", "uint24", "uint24"], [sqrt_p, tick, pfee, lpfee]).hex()
+        return out
+
+    node.methods["eth_call"] = call
+
+
+def lie_swaps(node, factor: float) -> None:
+    """``eth_getLogs`` on ``node`` answers Swap events at ``factor`` times their real price."""
+    real = node.methods["eth_getLogs"]
+
+    def get_logs(params: list) -> list:
+        out = []
+        for log in real(params):
+            if log["topics"][0].lower() == SWAP_TOPIC:
+                vals = list(decode(list(SWAP_DATA_TYPES), bytes.fromhex(log["data"][2:])))
+                vals[2] = int(vals[2] * _math.sqrt(factor))
+                log = {**log, "data": "0x" + encode(list(SWAP_DATA_TYPES), vals).hex()}
+            out.append(log)
+        return out
+
+    node.methods["eth_getLogs"] = get_logs
+
+
+def make_keystore(path: Path, key: bytes, passphrase: str) -> Path:
+    """An eth-account keystore with a cheap KDF (pbkdf2, 1024 rounds: tests only)."""
+    import json
+
+    from eth_account import Account
+
+    path.write_text(json.dumps(Account.encrypt(key, passphrase, kdf="pbkdf2", iterations=1024)))
+    return path
+
+
+def devnode_fixture():
+    """A fresh devnode serving 300 simulated swaps (the agent tests' ``node`` fixture)."""
+    from chain.devnode import start_devnode
+    from chain.simulate import simulate
+
+    n = start_devnode(simulate(300, seed=1))
+    yield n
+    n.stop()

@@ -266,11 +266,25 @@ def test_stateful_prompt_fits_the_context(student):
 
 
 def test_missing_model_is_a_clear_error(tmp_path):
-    with pytest.raises(UserError, match="model not found"):
+    with pytest.raises(UserError, match="model directory not found"):
         ModelPolicy(str(tmp_path / "nope"))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(UserError, match="not an MLX model dir"):
+    with pytest.raises(UserError, match="config.json: missing"):
         ModelPolicy(str(tmp_path / "empty"))
+
+
+def test_model_reference_typo_never_downloads(monkeypatch):
+    """``in/nope`` looks like a hub id but is a (mistyped) path: refused, nothing fetched."""
+    import huggingface_hub
+
+    def no_download(*a, **k):
+        raise AssertionError("a model reference without hf: reached the hub")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", no_download)
+    with pytest.raises(UserError, match=r"model directory not found: in/nope .*hf:org/name"):
+        ModelPolicy("in/nope")
+    with pytest.raises(UserError, match="a hub model is hf:org/name"):
+        ModelPolicy("hf:not a repo")
 
 
 def test_cli_backtest(tmp_path, student):

@@ -1,7 +1,8 @@
-"""Execution: Universal Router calldata decoded back field by field, keys, and refusals.
+"""Execution: Universal Router calldata decoded back field by field, keys, guards, refusals.
 
-The devnode (real HTTP JSON-RPC) gets a wallet (balances, allowances, nonce) and accepts
-signed transactions; the transactions are decoded and checked, never broadcast anywhere.
+The devnode (real HTTP JSON-RPC) gets a wallet (balances, allowances, nonce, the V4 Quoter)
+and accepts signed transactions; the transactions are decoded and checked, never broadcast
+anywhere. Lying answers, send errors and kills are in tests/test_agent_safety.py.
 """
 
 from __future__ import annotations
@@ -10,8 +11,9 @@ import json
 import time
 
 import pytest
-from agent_fixtures import Wallet, agent_app
+from agent_fixtures import Wallet, agent_app, devnode_fixture, make_keystore
 from eth_account import Account
+from eth_utils import keccak
 from typer.testing import CliRunner
 from web3 import Web3
 
@@ -104,25 +106,41 @@ def test_plan_swap_quote_and_minimum():
     assert buy.value == 0 and buy.min_amount_out == buy.quote_out and not buy.zero_for_one
     with pytest.raises(UserError, match="max-slippage-bps"):
         ex.min_output(100, 10_000)
+    with pytest.raises(UserError, match="above the 300 bps cap"):
+        ex.check_slippage(9999)
+    assert ex.check_slippage(9999, allow_high=True) == 9999 and ex.check_slippage(300) == 300
+
+
+def test_simulated_quote_bounds_the_minimum():
+    plan = ex.plan_swap("sell", 10**17, 4_458_936_925_670_369_649_410_795, 562_108_584_583, 500, 50, 60)
+    q = plan.quote_out
+    ex.apply_simulation(plan, q - q * 40 // 10_000, 50)  # 0.4 % short: within 0.5 %
+    assert plan.min_amount_out == (q - q * 40 // 10_000) * 9950 // 10_000
+    ex.apply_simulation(plan, q * 2, 50)  # a high answer never raises the minimum above the quote
+    assert plan.min_amount_out == q * 9950 // 10_000
+    with pytest.raises(UserError, match="below the checked quote"):
+        ex.apply_simulation(plan, q * 9900 // 10_000, 50)
 
 
 # ---------------------------------------------------------------- the CLI against a devnode
 
-
-KEY = Account.create().key.hex()  # bare hex, no 0x
-ADDRESS = Account.from_key(KEY).address
-
-
-@pytest.fixture
-def node():
-    n = start_devnode(simulate(300, seed=1))
-    yield n
-    n.stop()
+ACCOUNT = Account.create()
+KEY = ACCOUNT.key.hex()  # bare hex, no 0x
+ADDRESS = ACCOUNT.address
+PASSPHRASE = "correct horse battery staple"
 
 
-def run(node, tmp_path, *args, env=None):
-    env = {"APE_PRIVATE_KEY": "0x" + KEY, **(env or {})}
-    res = CliRunner().invoke(
+node = pytest.fixture(devnode_fixture)
+
+
+@pytest.fixture(scope="module")
+def keystore(tmp_path_factory):
+    return make_keystore(tmp_path_factory.mktemp("keys") / "key.json", ACCOUNT.key, PASSPHRASE)
+
+
+def run(node, tmp_path, *args, env=None, input=None, url=None):
+    env = {"APE_KEYSTORE_PASSWORD": PASSPHRASE, **(env or {})}
+    return CliRunner().invoke(
         agent_app(),
         [
             "trade",
@@ -130,7 +148,7 @@ def run(node, tmp_path, *args, env=None):
             "--policy",
             "rules",
             "--rpc-url",
-            node.url,
+            url or node.url,
             "--iterations",
             "1",
             "--journal",
@@ -138,52 +156,74 @@ def run(node, tmp_path, *args, env=None):
             *args,
         ],
         env=env,
+        input=input,
     )
-    return res
 
 
-def assert_no_secret(tmp_path, res, secret=KEY):
+def journal(tmp_path):
+    return [json.loads(x) for x in (tmp_path / "journal.jsonl").read_text().splitlines()]
+
+
+def assert_no_secret(tmp_path, res, secrets=(KEY, PASSPHRASE)):
     text = (
         res.output + (res.stderr if res.stderr_bytes is not None else "") + str(res.exception or "")
     )
-    for needle in (secret.lower(), secret.upper()):
-        assert needle not in text
-        for f in tmp_path.rglob("*"):
-            if f.is_file():
-                assert needle not in f.read_text(errors="replace")
+    for secret in secrets:
+        for needle in (secret.lower(), secret.upper()):
+            assert needle not in text
+            for f in tmp_path.rglob("*"):
+                if f.is_file():
+                    assert needle not in f.read_text(errors="replace")
 
 
-def test_dry_run_prints_calldata_and_sends_nothing(node, tmp_path):
+def test_dry_run_needs_only_an_address(node, tmp_path):
     wallet = Wallet(node, ADDRESS, wei=2 * 10**18, usdc=0)  # all ETH: the rules sell toward 50/50
-    res = run(node, tmp_path, "--dry-run")
+    res = run(node, tmp_path, "--dry-run", "--account", ADDRESS, env={"APE_KEYSTORE_PASSWORD": None})
     assert res.exit_code == 0, res.output
     assert wallet.sent == [] and node.calls.get("eth_sendRawTransaction", 0) == 0
     calldata = next(
         line.split()[1] for line in res.output.splitlines() if line.startswith("calldata ")
     )
     d = decode_swap(calldata)
-    (rec,) = [json.loads(x) for x in (tmp_path / "journal.jsonl").read_text().splitlines()]
+    (rec,) = journal(tmp_path)
     plan = rec["swap"]["plan"]
-    assert (
-        rec["decision"] == "APE OUT"
-        and rec["account"] == ADDRESS
-        and rec["swap"]["calldata"] == calldata
-    )
-    assert (
-        d["swap"]["zeroForOne"] is True and d["swap"]["amountIn"] == plan["amount_in"] == 10**18
-    )  # max_trade_eth
-    assert (
-        d["swap"]["amountOutMinimum"]
-        == plan["min_amount_out"]
-        == plan["quote_out"] * 9950 // 10_000
-    )
+    assert rec["decision"] == "APE OUT" and rec["account"] == ADDRESS
+    assert rec["swap"]["calldata"] == calldata and "tx_hash" not in rec["swap"]
+    # cut to max_trade_usdc (100 USDC of notional at the checked price)
+    price = rec["price_check"]["sources"]["swaps"]
+    assert rec["capped_by"] == "max_trade_usdc" and plan["amount_in"] == int(100 / price * 1e18)
+    assert d["swap"]["zeroForOne"] is True and d["swap"]["amountIn"] == plan["amount_in"]
+    assert wallet.quotes == 1 and plan["simulated_out"] == plan["quote_out"]
+    assert d["swap"]["amountOutMinimum"] == plan["min_amount_out"] == plan["quote_out"] * 9950 // 10_000
     assert abs(d["deadline"] - (time.time() + DEFAULTS["deadline_seconds"])) < 30
-    assert_no_secret(tmp_path, res)
+    assert rec["price_check"]["ok"] and set(rec["price_check"]["sources"]) == {"slot0", "swaps"}
 
 
-def test_execute_signs_and_sends_the_swap(node, tmp_path):
+def test_execute_needs_account_and_a_sane_slippage(node, tmp_path, keystore):
+    Wallet(node, ADDRESS, wei=2 * 10**18)
+    res = run(node, tmp_path, "--keystore", str(keystore), "--yes")
+    assert isinstance(res.exception, UserError) and "--execute needs --account" in str(res.exception)
+    res = run(node, tmp_path, "--dry-run")
+    assert isinstance(res.exception, UserError) and "--execute needs --account" in str(res.exception)
+    res = run(node, tmp_path, "--dry-run", "--account", ADDRESS, "--max-slippage-bps", "9999")
+    assert isinstance(res.exception, UserError) and "300 bps cap" in str(res.exception)
+    assert not (tmp_path / "journal.jsonl").exists()
+    res = run(node, tmp_path, "--dry-run", "--account", ADDRESS, "--max-slippage-bps", "400",
+              "--allow-high-slippage")
+    assert res.exit_code == 0 and "WARNING" in res.output, res.output
+    plan = journal(tmp_path)[-1]["swap"]["plan"]
+    assert plan["min_amount_out"] == plan["quote_out"] * 9600 // 10_000
+
+
+def test_execute_signs_journals_first_and_sends(node, tmp_path, keystore):
     wallet = Wallet(node, ADDRESS, wei=2 * 10**18, usdc=0)
-    res = run(node, tmp_path, "--max-slippage-bps", "30", "--max-trade-eth", "0.5")
+    check = start_devnode(simulate(300, seed=1))  # an independent endpoint that agrees
+    try:
+        url = node.url.replace("http://", "http://user:s3cr3t-userinfo@") + "/v2/sk-live-APIKEY123"
+        res = run(node, tmp_path, "--account", ADDRESS, "--keystore", str(keystore), "--yes",
+                  "--max-slippage-bps", "30", "--check-rpc-url", check.url, url=url)
+    finally:
+        check.stop()
     assert res.exit_code == 0, res.output
     (raw,) = wallet.sent
     from eth_account.typed_transactions import TypedTransaction
@@ -191,91 +231,107 @@ def test_execute_signs_and_sends_the_swap(node, tmp_path):
 
     decoded = TypedTransaction.from_bytes(HexBytes(raw)).as_dict()
     assert Account.recover_transaction(raw) == ADDRESS
-    assert (
-        decoded["chainId"] == 8453 and Web3.to_checksum_address(decoded["to"]) == UNIVERSAL_ROUTER
-    )
+    assert decoded["chainId"] == 8453 and Web3.to_checksum_address(decoded["to"]) == UNIVERSAL_ROUTER
     d = decode_swap(decoded["data"])
-    assert (
-        decoded["value"] == d["swap"]["amountIn"] == 5 * 10**17
-        and d["settle"]["maxAmount"] == 5 * 10**17
-    )
-    rec = json.loads((tmp_path / "journal.jsonl").read_text().splitlines()[0])
-    assert (
-        rec["swap"]["plan"]["min_amount_out"] == rec["swap"]["plan"]["quote_out"] * 9970 // 10_000
-    )
-    assert rec["swap"]["status"] == 1 and rec["swap"]["tx_hash"].startswith("0x")
-    assert_no_secret(tmp_path, res)
+    assert decoded["value"] == d["swap"]["amountIn"] == d["settle"]["maxAmount"]
+    recs = journal(tmp_path)
+    first, events = recs[0], recs[1:]
+    tx_hash = "0x" + keccak(raw).hex()
+    # Journal first: the signed transaction's hash and intent, then what became of it.
+    assert first["swap"]["tx_hash"] == tx_hash and first["swap"]["status"] == "signed"
+    assert first["swap"]["nonce"] == decoded["nonce"] == 0
+    assert [e["outcome"] for e in events] == ["sent", "mined"] and events[1]["status"] == 1
+    assert all(e["tx_hash"] == tx_hash for e in events)
+    assert first["swap"]["plan"]["min_amount_out"] == first["swap"]["plan"]["quote_out"] * 9970 // 10_000
+    assert any(k.startswith("check:http://127.0.0.1") for k in first["price_check"]["sources"])
+    assert_no_secret(tmp_path, res, (KEY, PASSPHRASE, "s3cr3t-userinfo", "sk-live-APIKEY123"))
 
 
-def test_wrong_account_refused_before_building(node, tmp_path):
+def test_first_order_is_confirmed(node, tmp_path, keystore):
     wallet = Wallet(node, ADDRESS, wei=2 * 10**18)
-    res = run(node, tmp_path, "--account", "0x000000000000000000000000000000000000dEaD")
-    assert isinstance(
-        res.exception, UserError
-    ) and f"is for {ADDRESS}, not the expected account" in str(res.exception)
+    res = run(node, tmp_path, "--account", ADDRESS, "--keystore", str(keystore), input="n\n")
+    assert isinstance(res.exception, UserError) and "not confirmed" in str(res.exception)
+    assert wallet.sent == [] and "Sign and send?" in res.output
+    assert "tx_hash" not in journal(tmp_path)[-1]["swap"]
+    res = run(node, tmp_path, "--account", ADDRESS, "--keystore", str(keystore), input="y\n")
+    assert res.exit_code == 0, res.output
+    assert len(wallet.sent) == 1
+
+
+def test_daily_notional_limit(node, tmp_path, keystore):
+    wallet = Wallet(node, ADDRESS, wei=2 * 10**18)
+    res = run(node, tmp_path, "--account", ADDRESS, "--keystore", str(keystore), "--yes",
+              "--max-daily-usdc", "150")
+    assert res.exit_code == 0 and len(wallet.sent) == 1, res.output  # 100 USDC: fits
+    res = run(node, tmp_path, "--account", ADDRESS, "--keystore", str(keystore), "--yes",
+              "--max-daily-usdc", "150")
+    assert res.exit_code == 0 and len(wallet.sent) == 1, res.output  # 200 > 150: no order
+    last = journal(tmp_path)[-1]
+    assert last["refused"].startswith("daily notional limit: 100.00 USDC signed today")
+
+
+def test_wrong_account_refused_before_building(node, tmp_path, keystore):
+    wallet = Wallet(node, ADDRESS, wei=2 * 10**18)
+    other = "0x000000000000000000000000000000000000dEaD"
+    res = run(node, tmp_path, "--account", other, "--keystore", str(keystore), "--yes")
+    assert isinstance(res.exception, UserError) and f"is for {ADDRESS}, not the expected account" in str(res.exception)
     assert wallet.sent == [] and not (tmp_path / "journal.jsonl").exists()
     assert_no_secret(tmp_path, res)
 
 
 def test_insufficient_balance_refused_before_building(node, tmp_path):
     wallet = Wallet(node, ADDRESS, wei=10**12, usdc=0)  # dust: not even the gas
-    res = run(node, tmp_path)
+    res = run(node, tmp_path, "--dry-run", "--account", ADDRESS)
     assert isinstance(res.exception, UserError) and "insufficient ETH balance" in str(res.exception)
-    assert (
-        wallet.sent == [] and node.calls.get("eth_getTransactionCount", 0) == 0
-    )  # no tx was built
-    rec = json.loads((tmp_path / "journal.jsonl").read_text())
+    assert wallet.sent == [] and node.calls.get("eth_getTransactionCount", 0) == 0  # no tx built
+    (rec,) = journal(tmp_path)
     assert "insufficient" in rec["error"] and "swap" not in rec
-    assert_no_secret(tmp_path, res)
 
 
 def test_usdc_sell_needs_permit2_allowances(node, tmp_path):
     wallet = Wallet(node, ADDRESS, wei=10**16, usdc=5_000 * 10**6)  # mostly USDC: the rules buy ETH
-    res = run(node, tmp_path, "--dry-run")
+    res = run(node, tmp_path, "--dry-run", "--account", ADDRESS)
     assert isinstance(res.exception, UserError) and "Permit2" in str(res.exception)
     wallet.erc20_allowance = 2**256 - 1
     wallet.permit2 = (2**160 - 1, int(time.time()) + 3600)
-    res = run(node, tmp_path, "--dry-run")
+    res = run(node, tmp_path, "--dry-run", "--account", ADDRESS)
     assert res.exit_code == 0, res.output
-    rec = json.loads((tmp_path / "journal.jsonl").read_text().splitlines()[-1])
+    rec = journal(tmp_path)[-1]
     d = decode_swap(rec["swap"]["calldata"])
-    assert (
-        d["swap"]["zeroForOne"] is False
-        and d["settle"]["currency"] == USDC
-        and d["take"]["currency"] == NATIVE_ETH
-    )
-    assert rec["swap"]["value"] == 0
+    assert d["swap"]["zeroForOne"] is False and d["settle"]["currency"] == USDC
+    assert d["take"]["currency"] == NATIVE_ETH and rec["swap"]["value"] == 0
+    assert d["swap"]["amountIn"] == 100 * 10**6  # max_trade_usdc
 
 
-def test_key_sources_and_errors(tmp_path, monkeypatch):
-    cfg = dict(DEFAULTS)
-    monkeypatch.delenv("APE_PRIVATE_KEY", raising=False)
-    with pytest.raises(UserError, match=r"no private key: set \$APE_PRIVATE_KEY"):
+def test_keystore_only(tmp_path, keystore, monkeypatch):
+    cfg = dict(DEFAULTS, account=ADDRESS)
+    monkeypatch.setenv("APE_PRIVATE_KEY", "0x" + KEY)  # the old way: never read
+    with pytest.raises(UserError, match="needs an encrypted keystore"):
         ex.load_account(cfg)
-    monkeypatch.setenv("APE_PRIVATE_KEY", KEY[:40])
-    with pytest.raises(UserError) as e:
-        ex.load_account(cfg)
-    assert "not hold a valid" in str(e.value) and KEY[:40] not in str(e.value)
-    monkeypatch.delenv("APE_PRIVATE_KEY")
-    store = tmp_path / "key.json"
-    store.write_text(
-        json.dumps(Account.encrypt("0x" + KEY, "s3cret-pw", kdf="pbkdf2", iterations=1024))
-    )
-    monkeypatch.setenv("APE_KEYSTORE_PASSWORD", "s3cret-pw")
-    assert ex.load_account(cfg, str(store)).address == ADDRESS
+    monkeypatch.setenv("APE_KEYSTORE_PASSWORD", PASSPHRASE)
+    assert ex.load_account(dict(cfg, keystore=str(keystore))).address == ADDRESS
     monkeypatch.setenv("APE_KEYSTORE_PASSWORD", "wrong-pw")
-    with pytest.raises(UserError, match="wrong password") as e:
-        ex.load_account(cfg, str(store))
+    with pytest.raises(UserError, match="wrong passphrase") as e:
+        ex.load_account(dict(cfg, keystore=str(keystore)))
     assert "wrong-pw" not in str(e.value)
-    # The config never holds a key: only the name of the variable that does.
-    assert not any("key" == k or k.endswith("private_key") for k in DEFAULTS)
+    with pytest.raises(UserError, match="needs --account"):
+        ex.load_account(dict(DEFAULTS, keystore=str(keystore)))
+    # ape-agent keystore's writer: 0600, refuses to overwrite, round-trips
+    out = tmp_path / "new.json"
+    assert ex.write_keystore(out, "0x" + KEY, PASSPHRASE) == ADDRESS
+    assert out.stat().st_mode & 0o777 == 0o600 and KEY not in out.read_text()
+    with pytest.raises(UserError, match="refusing to overwrite"):
+        ex.write_keystore(out, "0x" + KEY, PASSPHRASE)
+    monkeypatch.setenv("APE_KEYSTORE_PASSWORD", PASSPHRASE)
+    assert ex.load_account(dict(cfg, keystore=str(out))).address == ADDRESS
+    assert not any(k == "key" or k.endswith("private_key") or k == "key_env" for k in DEFAULTS)
 
 
 def test_execute_refuses_other_chains(tmp_path):
     other = start_devnode(simulate(100, seed=2), chain_id=1)
     try:
         Wallet(other, ADDRESS, wei=10**18)
-        res = run(other, tmp_path, "--dry-run")
+        res = run(other, tmp_path, "--dry-run", "--account", ADDRESS)
         assert isinstance(res.exception, UserError) and "not Base (8453)" in str(res.exception)
     finally:
         other.stop()

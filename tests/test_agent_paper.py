@@ -182,5 +182,5 @@ def test_cli_missing_model(node, tmp_path):
     assert (
         res.exit_code != 0
         and isinstance(res.exception, UserError)
-        and "model not found" in str(res.exception)
+        and "model directory not found" in str(res.exception)
     )
