@@ -45,19 +45,16 @@ def ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float, step: i
 
 
 def evaluate_fidelity(gnet, ds, cfg, ckpt_like, device, split="val") -> float:
-    """Fidelity of the generator on a held-out period (lower is better), fixed noise."""
+    """Fidelity of the generator on a held-out period (lower is better), fixed noise.
+
+    Conditioned as generation is: conditions drawn from the training ``cond_bank``, never the
+    held-out bars before each window (``gan_torch.validate`` does the same)."""
     from gan_torch.fidelity import fidelity
-    from gan_torch.generate import decode_features
+    from gan_torch.generate import decode_features, sample_scaled
 
     part = ds[split] if len(ds[split]["starts"]) else ds["train"]
-    gen = torch.Generator().manual_seed(int(cfg["seed"]) + 1)
-    cond = torch.from_numpy(part["cond"]).to(device)
-    reps = max(1, 64 // len(cond))
-    cond = cond.repeat(reps, 1)
-    z, zg = _noise(len(cond), cfg, gen, device)
-    gnet.eval()
-    with torch.no_grad():
-        fake = gnet(z, cond, zg).cpu().numpy()
+    n = max(64, len(part["raw"]))
+    fake, _, _ = sample_scaled(gnet, ckpt_like, n, seed=int(cfg["seed"]) + 1, device=device)
     gnet.train()
     return fidelity(part["raw"], decode_features(fake, ckpt_like))
 
@@ -150,6 +147,8 @@ def train(
     end = total if stop_at is None else min(total, stop_at)
     ckpt_like = {
         "scaler": ds["scaler"],
+        "cond_scaler": ds["cond_scaler"],
+        "cond_bank": torch.from_numpy(ds["train"]["cond_raw"]),
         "config": cfg,
         "data": {"step_bound": ds["step_bound"], "feature_max": ds["feature_max"]},
     }
