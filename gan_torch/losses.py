@@ -85,7 +85,7 @@ def decoded_returns(x: torch.Tensor, scaler: dict, bound: float) -> torch.Tensor
 def abs_return_acf_loss(r_fake: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Volatility clustering: squared error between the ACF of |returns| of a generated batch
     (raw returns, (B, T)) and a fixed target, mean over lags 1..len(target). The target is
-    the same statistic on all real training windows (``validate.acf``), so the batch-to-batch
+    the same statistic on all real training windows (``fidelity.acf``), so the batch-to-batch
     noise of a 32-window real batch never enters it."""
     est = window_acf(r_fake.abs(), len(target))
     return (est - target.to(est)).pow(2).mean()
