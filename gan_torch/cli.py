@@ -94,8 +94,6 @@ def train(
         "minibatch_impl": minibatch_impl,
     }
     cfg, run = _cfg(config, run_dir, over)
-    if cfg["minibatch_impl"] not in ("cdist", "native"):
-        raise UserError(f"minibatch_impl must be cdist or native, got {cfg['minibatch_impl']!r}")
     out_dir = out_dir or run.gan
     with tempfile.TemporaryDirectory() as tmp:
         if quick_test:

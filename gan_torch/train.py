@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from apeagent.errors import UserError
 from apeagent.files import write_jsonl
 from gan_torch import checkpoint as ckio
 from gan_torch import losses
@@ -215,6 +216,8 @@ def train(
 ) -> dict:
     """Train; returns a summary. ``stop_at`` ends the run early (as an interruption would)."""
     out_dir = Path(out_dir)
+    if cfg["minibatch_impl"] not in ("cdist", "native"):
+        raise UserError(f"minibatch_impl must be cdist or native, got {cfg['minibatch_impl']!r}")
     args = TrainingArgs.from_config(cfg)
     if cfg["threads"]:
         torch.set_num_threads(int(cfg["threads"]))
