@@ -55,6 +55,12 @@ def main() -> None:
         "--launch-variant", action="store_true", help="also train with launch-week windows kept"
     )
     p.add_argument(
+        "--heldout-context",
+        action="store_true",
+        help="also score the GAN conditioned on the held-out bars before each window (the old, "
+        "leaky setup) as source gan_heldout_context, for a before/after in one run",
+    )
+    p.add_argument(
         "--set",
         nargs="*",
         default=[],
@@ -65,7 +71,7 @@ def main() -> None:
     args = p.parse_args()
     if not args.csv.is_file():
         sys.exit(f"shared data absent: {args.csv}")
-    cfg = section(load(args.config), "gan", DEFAULTS, {"seed": args.seed})
+    cfg = section(load(args.config), "gan", {"seed": args.seed})
     cfg["steps"] = args.steps or cfg["quick_test_steps"]
     for kv in args.set:
         key, _, value = kv.partition("=")
@@ -96,6 +102,7 @@ def main() -> None:
                     c,
                     checkpoint=run_dir / "best.pt",
                     plots=k == 0,
+                    heldout_context=args.heldout_context,
                 )
                 runs.append(
                     {

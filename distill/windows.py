@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from apeagent.errors import UserError
-from distill.prompt import WINDOW_COLUMNS, MarketState, state_from_window
+from distill.prompt import MarketState, state_from_window
+from gan_torch.data import WINDOW_VALUES, read_table, windows_from_table
 
 
 @dataclass
@@ -29,19 +30,6 @@ class Window:
     def group(self) -> str:
         """Identity for the splits: every example of one window lands in the same split."""
         return f"{self.file}#{self.window_id}"
-
-
-def _read_table(path: Path):
-    import pyarrow.parquet as pq
-
-    if not path.is_file():
-        raise UserError(f"{path}: windows file not found")
-    if path.stat().st_size == 0:
-        raise UserError(f"{path}: file is empty")
-    try:
-        return pq.read_table(path)
-    except Exception as e:  # pyarrow raises several types for a corrupt file
-        raise UserError(f"{path}: not a readable parquet file ({e})") from None
 
 
 def _check_columns(path: Path, names: list[str], needed: tuple[str, ...]) -> None:
@@ -69,18 +57,10 @@ def load_windows(
         raise UserError("no windows file given (--windows)")
     out: list[Window] = []
     for path in map(Path, paths):
-        table = _read_table(path)
+        table = read_table(path, "windows")  # one owner of the file formats: gan_torch.data
         names = table.column_names
         if "window_id" in names:
-            _check_columns(path, names, ("window_id", "step", *WINDOW_COLUMNS))
-        elif "bar_start" in names:
-            _check_columns(path, names, ("bar_start", *WINDOW_COLUMNS))
-        else:
-            raise UserError(f"{path}: neither a windows file (window_id) nor a bars file (bar_start)")
-        if table.num_rows == 0:
-            raise UserError(f"{path}: no rows")
-        data = {c: table.column(c).to_numpy(zero_copy_only=False) for c in names}
-        if "window_id" in names:
+            data = windows_from_table(table, path)
             wids = data["window_id"].astype(np.int64)
             order = np.lexsort((data["step"], wids))
             data = {c: v[order] for c, v in data.items()}
@@ -88,23 +68,27 @@ def load_windows(
             cuts = np.flatnonzero(np.diff(wids)) + 1
             starts = np.concatenate([[0], cuts])
             ends = np.concatenate([cuts, [len(wids)]])
-            sources = data.get("source")
             for a, b in zip(starts, ends, strict=True):
-                cols = {c: np.asarray(data[c][a:b], dtype=np.float64) for c in WINDOW_COLUMNS}
+                cols = {c: np.asarray(data[c][a:b], dtype=np.float64) for c in WINDOW_VALUES}
                 wid = int(wids[a])
                 _check_window(path, wid, cols)
-                src = str(sources[a]) if sources is not None else "synthetic"
-                out.append(Window(str(path), wid, src, len(out), cols))
-        else:
+                out.append(Window(str(path), wid, str(data["source"][a]), len(out), cols))
+        elif "bar_start" in names:
+            _check_columns(path, names, ("bar_start", *WINDOW_VALUES))
+            if table.num_rows == 0:
+                raise UserError(f"{path}: no rows")
+            data = {c: table.column(c).to_numpy(zero_copy_only=False) for c in names}
             order = np.argsort(data["bar_start"], kind="stable")
             n = (len(order) // window_bars) * window_bars
             if n == 0:
                 raise UserError(f"{path}: fewer bars ({len(order)}) than one window ({window_bars})")
             for k, a in enumerate(range(0, n, window_bars)):
                 idx = order[a : a + window_bars]
-                cols = {c: np.asarray(data[c][idx], dtype=np.float64) for c in WINDOW_COLUMNS}
+                cols = {c: np.asarray(data[c][idx], dtype=np.float64) for c in WINDOW_VALUES}
                 _check_window(path, k, cols)
                 out.append(Window(str(path), k, "real", len(out), cols))
+        else:
+            raise UserError(f"{path}: neither a windows file (window_id) nor a bars file (bar_start)")
         if max_windows and len(out) >= max_windows:
             return out[:max_windows]
     return out

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from apeagent.errors import UserError
@@ -88,3 +89,14 @@ def build_models(ckpt: dict, device: torch.device | str = "cpu"):
     except RuntimeError as e:
         raise UserError(f"checkpoint weights do not match its config: {e}") from None
     return g.to(device).eval(), c.to(device).eval(), cfg
+
+
+def noise_for(ckpt: dict, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """What a checkpoint's generator is fed for n windows and a seed: (bank idx, z, zg), drawn
+    in this order from one torch generator (the torch and MLX backends share it)."""
+    cfg = ckpt["config"]
+    gen = torch.Generator().manual_seed(int(seed))
+    idx = torch.randint(len(ckpt["cond_bank"]), (n,), generator=gen).numpy()
+    z = torch.randn(n, cfg["window_bars"], cfg["noise_dim"], generator=gen).numpy()
+    zg = torch.randn(n, cfg["noise_dim"], generator=gen).numpy()
+    return idx, z, zg

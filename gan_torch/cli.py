@@ -94,8 +94,6 @@ def train(
         "minibatch_impl": minibatch_impl,
     }
     cfg, run = _cfg(config, run_dir, over)
-    if cfg["minibatch_impl"] not in ("cdist", "native"):
-        raise UserError(f"minibatch_impl must be cdist or native, got {cfg['minibatch_impl']!r}")
     out_dir = out_dir or run.gan
     with tempfile.TemporaryDirectory() as tmp:
         if quick_test:
@@ -141,50 +139,15 @@ def generate(
     run_dir: Path = RunDirOpt,
 ) -> None:
     """Synthetic windows (windows.parquet schema), optionally as AMM-consistent swap events."""
-    import numpy as np
-
-    from gan_torch import checkpoint as ckio
     from gan_torch import generate as gen
-    from gan_torch.data import write_windows
-    from gan_torch.models import resolve_device
 
     cfg, run = _cfg(config, run_dir, {"seed": seed, "device": device, "n_generate": n})
-    checkpoint = checkpoint or run.gan_checkpoint
     out = out or run.synthetic_windows
-    if backend not in ("torch", "mlx"):
-        raise UserError(f"--backend must be torch or mlx, got {backend!r}")
-    if start_price is not None and not start_price > 0:
-        raise UserError(f"--start-price must be positive, got {start_price}")
-    count = int(cfg["n_generate"])
-    if count < 1:
-        raise UserError(f"--n must be >= 1, got {count}")
-    if backend == "mlx":
-        from apeagent.blas import ensure_fast_blas
-
-        ensure_fast_blas()  # before mlx is imported (may re-exec with OpenBLAS preloaded)
-        from gan_torch.mlx_generator import load_converted, sample_scaled_mlx
-
-        model = None
-        if checkpoint.is_dir():  # a directory written by scripts/convert_gan_to_mlx.py
-            model, ckpt = load_converted(checkpoint)
-        else:
-            ckpt = ckio.load(checkpoint)
-        cond = gen.parse_condition(condition, ckpt["cond_bank"].double().numpy())
-        scaled, _, idx = sample_scaled_mlx(
-            ckpt, count, cond_raw=cond, seed=cfg["seed"], model=model
-        )
-    else:
-        ckpt = ckio.load(checkpoint)
-        cond = gen.parse_condition(condition, ckpt["cond_bank"].double().numpy())
-        gnet, _, _ = ckio.build_models(ckpt, resolve_device(cfg["device"]))
-        scaled, _, idx = gen.sample_scaled(
-            gnet, ckpt, count, cond, cfg["seed"], autoregressive, next(gnet.parameters()).device
-        )
-    raw = gen.decode_features(scaled, ckpt)
-    anchors = np.full(count, start_price) if start_price else ckpt["start_prices"].numpy()[idx]
-    cols = gen.to_windows(raw, anchors)
-    write_windows(out, cols)
-    console.print(f"{out}: {count} synthetic windows of {raw.shape[1]} bars")
+    cols, ckpt = gen.generate_windows(
+        checkpoint or run.gan_checkpoint, out, cfg, condition, start_price, autoregressive, backend
+    )
+    count, bars = int(cols["window_id"].max()) + 1, int(cols["step"].max()) + 1
+    console.print(f"{out}: {count} synthetic windows of {bars} bars")
     if swaps_out:
         data = ckpt["data"]
         rows = gen.windows_to_swaps(
@@ -210,12 +173,18 @@ def validate(
     out_dir: Path = typer.Option(
         None, "--out-dir", help="validation.json + PNGs [RUN/validation]."
     ),
+    condition: str = typer.Option(
+        None,
+        "--condition",
+        help="Condition the GAN as `generate --condition` (default: the training conditions).",
+    ),
     seed: int = typer.Option(None, "--seed"),
     quiet: bool = typer.Option(False, "--quiet"),
     config: str = ConfigOpt,
     run_dir: Path = RunDirOpt,
 ) -> None:
-    """GAN vs held-out real data (time split), with GBM / block-bootstrap baselines and the real floor."""
+    """GAN vs held-out real data (time split), with GBM / block-bootstrap baselines and the real
+    floor. Every source sees only the training period (the GAN: its training conditions)."""
     from gan_torch.validate import print_table, run_validation
 
     cfg, run = _cfg(config, run_dir, {"seed": seed})
@@ -223,7 +192,9 @@ def validate(
     if windows is None:
         checkpoint = checkpoint or run.gan_checkpoint
     out_dir = out_dir or run.validation
-    result = run_validation(bars, out_dir, cfg, checkpoint=checkpoint, windows=windows)
+    result = run_validation(
+        bars, out_dir, cfg, checkpoint=checkpoint, windows=windows, condition=condition
+    )
     if not quiet:
         print_table(result, Console())
 
@@ -251,29 +222,17 @@ def windows_cmd(
 ) -> None:
     """Cut REAL windows from bars into the windows.parquet schema (ids in time order)."""
     from apeagent.config import config_for, load, section
-    from gan_torch.data import read_bars, real_windows, split_bounds, write_windows
+    from gan_torch.data import cut_real_windows
 
     cfg, run = _cfg(config, run_dir, {"window_bars": window, "holdout_frac": holdout_frac})
     # the teacher's real-window cut (the same keys the pipeline passes)
     cut = section(load(config_for(config, run_dir)), "distill")
-    bars, out = bars or run.bars, out or run.real_windows
-    holdout_frac = cfg["holdout_frac"]
     if min_active_frac is None:
         min_active_frac = cut["real_min_active_frac"]
-    w = cfg["window_bars"]
+    out, w = out or run.real_windows, cfg["window_bars"]
     s = (cut["real_window_stride"] if stride is None else stride) or w
-    if w < 2 or s < 1:
-        raise UserError(f"--window must be >= 2 and --stride >= 1 (got {w}, {s})")
-    if not 0.0 <= holdout_frac < 1.0:
-        raise UserError(f"--holdout-frac must be in [0, 1) (got {holdout_frac})")
-    table = read_bars(bars)
-    if holdout_frac > 0:
-        # the same cut as training's time split and the backtest: a quantile of the swaps
-        cut = split_bounds(table["swap_count"], holdout_frac, 0.0)["test"][0]
-        table = {k: v[:cut] for k, v in table.items()}
-    cols = real_windows(table, w, s, min_active_frac)
-    write_windows(out, cols)
-    console.print(f"{out}: {int(cols['window_id'].max()) + 1} real windows of {w} bars")
+    n = cut_real_windows(bars or run.bars, out, w, s, min_active_frac, cfg["holdout_frac"])
+    console.print(f"{out}: {n} real windows of {w} bars")
 
 
 @app.command()

@@ -47,19 +47,29 @@ WINDOW_COLUMNS = (
     "realized_vol",
     "tick",
 )
+# the per-bar values of a window (the columns after window_id, step, source)
+WINDOW_VALUES = WINDOW_COLUMNS[3:]
 
 
-def read_bars(path: str | Path) -> dict[str, np.ndarray]:
-    """Read ``bars.parquet`` into numpy columns (chain order kept: no re-sorting)."""
+def read_table(path: str | Path, what: str):
+    """A parquet file as a pyarrow table; a missing, empty or unreadable file is a UserError
+    naming it (``what``: "bars", "windows")."""
     import pyarrow.parquet as pq
 
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"bars file not found: {path}")
+        raise UserError(f"{what} file not found: {path}")
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: file is empty")
     try:
-        table = pq.read_table(path)
+        return pq.read_table(path)
     except Exception as e:  # pyarrow raises several types for a bad file
         raise UserError(f"{path}: not a readable parquet file ({e})") from None
+
+
+def read_bars(path: str | Path) -> dict[str, np.ndarray]:
+    """Read ``bars.parquet`` into numpy columns (chain order kept: no re-sorting)."""
+    table = read_table(path, "bars")
     missing = [c for c in NEEDED if c not in table.column_names]
     if missing:
         raise UserError(f"{path}: missing columns {', '.join(missing)} (see README bars.parquet)")
@@ -260,6 +270,30 @@ def real_windows(
     return cols
 
 
+def cut_real_windows(
+    bars_path: str | Path,
+    out: str | Path,
+    window: int,
+    stride: int,
+    min_active_frac: float = 0.0,
+    holdout_frac: float = 0.0,
+) -> int:
+    """`ape-gan windows`: real windows of ``bars_path`` written to ``out`` (source=real, ids in
+    time order), leaving out the last ``holdout_frac`` of the swaps (the same cut as the
+    training split and the backtest: a quantile of the swap count). Returns the count."""
+    if window < 2 or stride < 1:
+        raise UserError(f"--window must be >= 2 and --stride >= 1 (got {window}, {stride})")
+    if not 0.0 <= holdout_frac < 1.0:
+        raise UserError(f"--holdout-frac must be in [0, 1) (got {holdout_frac})")
+    table = read_bars(bars_path)
+    if holdout_frac > 0:
+        cut = split_bounds(table["swap_count"], holdout_frac, 0.0)["test"][0]
+        table = {k: v[:cut] for k, v in table.items()}
+    cols = real_windows(table, window, stride, min_active_frac)
+    write_windows(out, cols)
+    return int(cols["window_id"].max()) + 1
+
+
 def write_windows(path: str | Path, cols: dict[str, np.ndarray]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -280,17 +314,20 @@ def write_windows(path: str | Path, cols: dict[str, np.ndarray]) -> None:
 
 
 def read_windows(path: str | Path) -> dict[str, np.ndarray]:
-    import pyarrow.parquet as pq
+    """Read a windows.parquet (the one reader: gan_torch, distill): every column of
+    ``WINDOW_COLUMNS``, rows as stored. A missing column or an empty table is a UserError."""
+    return windows_from_table(read_table(path, "windows"), path)
 
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"windows file not found: {path}")
-    table = pq.read_table(path)
+
+def windows_from_table(table, path: str | Path) -> dict[str, np.ndarray]:
+    """The windows.parquet columns of an already-read table (see :func:`read_windows`)."""
     missing = [c for c in WINDOW_COLUMNS if c not in table.column_names]
     if missing:
         raise UserError(
             f"{path}: missing columns {', '.join(missing)} (see README windows.parquet)"
         )
+    if table.num_rows == 0:
+        raise UserError(f"{path}: no rows")
     return {c: table.column(c).to_numpy(zero_copy_only=False) for c in WINDOW_COLUMNS}
 
 

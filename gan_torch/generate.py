@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ import torch
 from apeagent.errors import UserError
 from chain.csvio import EXPORT_COLUMNS
 from chain.pool import ETH_USDC_POOL_ID, SIMULATED
+from gan_torch import checkpoint as ckio
 from gan_torch import data as gdata
 
 CONDITION_PRESETS = {
@@ -62,9 +64,6 @@ def parse_condition(text: str | None, cond_bank: np.ndarray) -> np.ndarray | Non
     return values
 
 
-scale_condition = gdata.scale_condition  # the one scaler, shared with training
-
-
 def sample_scaled(
     generator,
     ckpt: dict,
@@ -75,16 +74,13 @@ def sample_scaled(
     device: torch.device | str = "cpu",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Generate n windows in scaled feature space. Returns (scaled, raw conditions, bank idx)."""
-    cfg = ckpt["config"]
-    gen = torch.Generator().manual_seed(int(seed))
     bank = ckpt["cond_bank"].double().numpy()
-    idx = torch.randint(len(bank), (n,), generator=gen).numpy()
+    idx, z, zg = ckio.noise_for(ckpt, n, seed)
     if cond_raw is None:
         cond_raw = bank[idx]
     cond_raw = np.broadcast_to(np.asarray(cond_raw, dtype=np.float64), (n, bank.shape[1])).copy()
-    cond = torch.from_numpy(scale_condition(cond_raw, ckpt["cond_scaler"])).to(device)
-    z = torch.randn(n, cfg["window_bars"], cfg["noise_dim"], generator=gen).to(device)
-    zg = torch.randn(n, cfg["noise_dim"], generator=gen).to(device)
+    cond = torch.from_numpy(gdata.scale_condition(cond_raw, ckpt["cond_scaler"])).to(device)
+    z, zg = torch.from_numpy(z).to(device), torch.from_numpy(zg).to(device)
     generator.eval()
     with torch.no_grad():
         out = (
@@ -93,16 +89,6 @@ def sample_scaled(
             else generator(z, cond, zg)
         )
     return out.float().cpu().numpy(), cond_raw, idx
-
-
-def noise_for(ckpt: dict, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The exact (idx, z, zg) that :func:`sample_scaled` draws for a seed (for other backends)."""
-    cfg = ckpt["config"]
-    gen = torch.Generator().manual_seed(int(seed))
-    idx = torch.randint(len(ckpt["cond_bank"]), (n,), generator=gen).numpy()
-    z = torch.randn(n, cfg["window_bars"], cfg["noise_dim"], generator=gen).numpy()
-    zg = torch.randn(n, cfg["noise_dim"], generator=gen).numpy()
-    return idx, z, zg
 
 
 def decode_features(scaled: np.ndarray, ckpt: dict) -> np.ndarray:
@@ -150,6 +136,57 @@ def to_windows(
         "realized_vol": raw[..., 3].ravel(),
         "tick": ticks.astype(np.int64),
     }
+
+
+def generate_windows(
+    checkpoint,
+    out,
+    cfg: dict,
+    condition: str | None = None,
+    start_price: float | None = None,
+    autoregressive: bool = False,
+    backend: str = "torch",
+) -> tuple[dict[str, np.ndarray], dict]:
+    """`ape-gan generate`: ``cfg["n_generate"]`` windows from a checkpoint (``backend`` mlx: also
+    a directory written by scripts/convert_gan_to_mlx.py), written to ``out`` as
+    windows.parquet. Returns (the windows' columns, the checkpoint)."""
+    checkpoint = Path(checkpoint)
+    if backend not in ("torch", "mlx"):
+        raise UserError(f"--backend must be torch or mlx, got {backend!r}")
+    if start_price is not None and not start_price > 0:
+        raise UserError(f"--start-price must be positive, got {start_price}")
+    count = int(cfg["n_generate"])
+    if count < 1:
+        raise UserError(f"--n must be >= 1, got {count}")
+    if backend == "mlx":
+        from apeagent.blas import ensure_fast_blas
+
+        ensure_fast_blas()  # before mlx is imported (may re-exec with OpenBLAS preloaded)
+        from gan_torch.mlx_generator import load_converted, sample_scaled_mlx
+
+        model = None
+        if checkpoint.is_dir():
+            model, ckpt = load_converted(checkpoint)
+        else:
+            ckpt = ckio.load(checkpoint)
+        cond = parse_condition(condition, ckpt["cond_bank"].double().numpy())
+        scaled, _, idx = sample_scaled_mlx(
+            ckpt, count, cond_raw=cond, seed=cfg["seed"], model=model
+        )
+    else:
+        from gan_torch.models import resolve_device
+
+        ckpt = ckio.load(checkpoint)
+        cond = parse_condition(condition, ckpt["cond_bank"].double().numpy())
+        gnet, _, _ = ckio.build_models(ckpt, resolve_device(cfg["device"]))
+        scaled, _, idx = sample_scaled(
+            gnet, ckpt, count, cond, cfg["seed"], autoregressive, next(gnet.parameters()).device
+        )
+    raw = decode_features(scaled, ckpt)
+    anchors = np.full(count, start_price) if start_price else ckpt["start_prices"].numpy()[idx]
+    cols = to_windows(raw, anchors)
+    gdata.write_windows(out, cols)
+    return cols, ckpt
 
 
 # ----------------------------------------------------------------- swap events

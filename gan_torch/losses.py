@@ -8,6 +8,7 @@ matching never reached the generator; tests/test_gan_losses.py checks each term)
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -84,7 +85,7 @@ def decoded_returns(x: torch.Tensor, scaler: dict, bound: float) -> torch.Tensor
 def abs_return_acf_loss(r_fake: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Volatility clustering: squared error between the ACF of |returns| of a generated batch
     (raw returns, (B, T)) and a fixed target, mean over lags 1..len(target). The target is
-    the same statistic on all real training windows (``validate.acf``), so the batch-to-batch
+    the same statistic on all real training windows (``fidelity.acf``), so the batch-to-batch
     noise of a 32-window real batch never enters it."""
     est = window_acf(r_fake.abs(), len(target))
     return (est - target.to(est)).pow(2).mean()
@@ -107,3 +108,45 @@ def add_instance_noise(x: torch.Tensor, sigma: float, generator: torch.Generator
     if sigma <= 0.0:
         return x
     return x + sigma * torch.randn(x.shape, generator=generator).to(x.device)
+
+
+# ----------------------------------------------------------------- the two objectives
+
+
+@dataclass
+class Targets:
+    """Fixed real-data quantities the generator terms compare against (from the training
+    period): the feature scaler, the per-bar return bound and the ACF of |r| to match."""
+
+    scaler: dict
+    r_bound: float
+    acf_abs: torch.Tensor
+
+
+def critic_loss(critic, real, fake, cond, sigma: float, gp_weight: float, generator=None):
+    """WGAN-GP critic objective on instance-noised inputs; returns (loss, logged terms)."""
+    d_real, _ = critic(add_instance_noise(real, sigma, generator), cond)
+    d_fake, _ = critic(add_instance_noise(fake, sigma, generator), cond)
+    w = critic_wasserstein(d_real, d_fake)
+    gp = gradient_penalty(critic, real, fake, cond, generator)
+    return w + gp_weight * gp, {"wasserstein": -w, "gp": gp}
+
+
+def generator_terms(
+    critic, real, cond_real, fake, cond, noise, sigma: float, targets: Targets, generator=None
+) -> dict[str, torch.Tensor]:
+    """Every generator-side term, unweighted. ``fake`` holds two halves made from the same
+    conditions with different ``noise`` (flattened per window) for the diversity term."""
+    half = len(fake) // 2
+    d_fake, f_fake = critic(add_instance_noise(fake, sigma, generator), cond)
+    with torch.no_grad():
+        _, f_real = critic(real, cond_real)
+    return {  # built in this order: autograd sums the gradients into ``fake`` in it
+        "adv": generator_wasserstein(d_fake),
+        "fm": feature_matching(f_real, f_fake),
+        "moment": moment_matching(real, fake),
+        "acf_abs": abs_return_acf_loss(
+            decoded_returns(fake, targets.scaler, targets.r_bound), targets.acf_abs.to(fake.device)
+        ),
+        "div": diversity_loss(fake[:half], fake[half:], noise[:half], noise[half:]),
+    }

@@ -176,7 +176,8 @@ def sample_scaled_mlx(
     ckpt: dict, n: int, cond_raw=None, seed: int = 0, model: Generator | None = None
 ):
     """Same noise as :func:`gan_torch.generate.sample_scaled` for the seed, run in MLX."""
-    from gan_torch.generate import noise_for, scale_condition
+    from gan_torch.checkpoint import noise_for
+    from gan_torch.data import scale_condition
 
     model = model or from_torch_state(ckpt["config"], ckpt["generator"])
     idx, z, zg = noise_for(ckpt, n, seed)

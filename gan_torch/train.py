@@ -1,16 +1,22 @@
-"""WGAN-GP training loop: seeded, resumable, atomic checkpoints, EMA generator weights,
-best.pt by validation fidelity among the steps after ``select_from_frac`` (default: the last)."""
+"""WGAN-GP training loop, in the shape of ``mlx_lm.tuner.trainer``: a settings dataclass
+(:class:`TrainingArgs`), the critic and generator steps as functions, the loss terms and the
+batch iteration passed in. Seeded, resumable (checkpoints hold every RNG and optimizer state:
+an interrupted run resumed reproduces the uninterrupted one bit for bit), atomic checkpoints,
+EMA generator weights, best.pt by validation fidelity among the steps after
+``select_from_frac`` (default: the last)."""
 
 from __future__ import annotations
 
 import copy
 import json
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from apeagent.errors import UserError
 from apeagent.files import write_jsonl
 from gan_torch import checkpoint as ckio
 from gan_torch import losses
@@ -20,14 +26,101 @@ from gan_torch.models import Critic, Generator, resolve_device
 LAST, BEST, METRICS = "last.pt", "best.pt", "metrics.jsonl"
 
 
-def _opt(params, lr, cfg):
-    return torch.optim.Adam(params, lr=lr, betas=(cfg["beta1"], cfg["beta2"]))
+@dataclass
+class TrainingArgs:
+    """The loop's settings; values come from the ``gan`` config section (apeagent/defaults.yaml)."""
+
+    steps: int  # generator steps
+    batch_size: int
+    n_critic: int  # critic steps per generator step
+    gp_weight: float
+    fm_weight: float
+    moment_weight: float
+    acf_abs_weight: float
+    div_weight: float
+    instance_noise: float
+    noise_anneal_frac: float
+    ema_decay: float
+    select_from_frac: float
+    log_every: int
+    eval_every: int
+    checkpoint_every: int
+    seed: int
+
+    @classmethod
+    def from_config(cls, cfg: dict) -> TrainingArgs:
+        cast = {"int": int, "float": float}
+        return cls(**{f.name: cast[f.type](cfg[f.name]) for f in fields(cls)})
+
+    def weights(self) -> dict[str, float]:
+        """Weight of each generator term (:func:`gan_torch.losses.generator_terms`)."""
+        return {
+            "adv": 1.0,
+            "fm": self.fm_weight,
+            "moment": self.moment_weight,
+            "acf_abs": self.acf_abs_weight,
+            "div": self.div_weight,
+        }
 
 
-def _noise(n, cfg, gen, device):
+def iterate_batches(x: torch.Tensor, cond: torch.Tensor, batch_size: int, gen: torch.Generator):
+    """Endless (windows, conditions) batches drawn with replacement by ``gen``."""
+    while True:
+        idx = torch.randint(len(x), (batch_size,), generator=gen).to(x.device)
+        yield x[idx], cond[idx]
+
+
+def noise(n: int, cfg: dict, gen: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-step and global generator noise for n windows."""
     z = torch.randn(n, cfg["window_bars"], cfg["noise_dim"], generator=gen).to(device)
     zg = torch.randn(n, cfg["noise_dim"], generator=gen).to(device)
     return z, zg
+
+
+def critic_step(
+    gnet, cnet, opt_c, batch, sigma, args: TrainingArgs, cfg, gen, loss=losses.critic_loss
+):
+    """One critic update on a real batch against fresh fakes; returns (loss, terms)."""
+    real, cond = batch
+    z, zg = noise(len(real), cfg, gen, real.device)
+    with torch.no_grad():
+        fake = gnet(z, cond, zg)
+    loss_c, terms = loss(cnet, real, fake, cond, sigma, args.gp_weight, gen)
+    opt_c.zero_grad(set_to_none=True)
+    loss_c.backward()
+    opt_c.step()
+    return loss_c, terms
+
+
+def generator_step(
+    gnet,
+    cnet,
+    opt_g,
+    batch,
+    sigma,
+    args: TrainingArgs,
+    cfg,
+    gen,
+    targets,
+    terms=losses.generator_terms,
+):
+    """One generator update: pairs of fakes share a condition (for the diversity term), every
+    term from ``terms`` weighted by ``args.weights()``; returns (loss, terms)."""
+    real, cond_real = batch
+    half = max(1, len(real) // 2)
+    cond = torch.cat([cond_real[:half], cond_real[:half]])
+    z, zg = noise(2 * half, cfg, gen, real.device)
+    fake = gnet(z, cond, zg)
+    parts = terms(
+        cnet, real, cond_real, fake, cond, torch.cat([z.flatten(1), zg], 1), sigma, targets, gen
+    )
+    loss_g = 0.0
+    for name, weight in args.weights().items():
+        loss_g = loss_g + weight * parts[name]
+    opt_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    opt_g.step()
+    return loss_g, parts
 
 
 def ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float, step: int) -> None:
@@ -45,19 +138,16 @@ def ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float, step: i
 
 
 def evaluate_fidelity(gnet, ds, cfg, ckpt_like, device, split="val") -> float:
-    """Fidelity of the generator on a held-out period (lower is better), fixed noise."""
+    """Fidelity of the generator on a held-out period (lower is better), fixed noise.
+
+    Conditioned as generation is: conditions drawn from the training ``cond_bank``, never the
+    held-out bars before each window (``gan_torch.validate`` does the same)."""
     from gan_torch.fidelity import fidelity
-    from gan_torch.generate import decode_features
+    from gan_torch.generate import decode_features, sample_scaled
 
     part = ds[split] if len(ds[split]["starts"]) else ds["train"]
-    gen = torch.Generator().manual_seed(int(cfg["seed"]) + 1)
-    cond = torch.from_numpy(part["cond"]).to(device)
-    reps = max(1, 64 // len(cond))
-    cond = cond.repeat(reps, 1)
-    z, zg = _noise(len(cond), cfg, gen, device)
-    gnet.eval()
-    with torch.no_grad():
-        fake = gnet(z, cond, zg).cpu().numpy()
+    n = max(64, len(part["raw"]))
+    fake, _, _ = sample_scaled(gnet, ckpt_like, n, seed=int(cfg["seed"]) + 1, device=device)
     gnet.train()
     return fidelity(part["raw"], decode_features(fake, ckpt_like))
 
@@ -92,6 +182,26 @@ def _ckpt(cfg, ds, gnet, cnet, opt_g, opt_c, step, gen, best, fid, gema=None) ->
     }
 
 
+def _progress(enabled: bool):
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("[bold]gan[/]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"),
+        disable=not enabled,
+        transient=False,
+    )
+
+
 def train(
     bars: dict,
     cfg: dict,
@@ -100,9 +210,15 @@ def train(
     progress: bool = True,
     stop_at: int | None = None,
     source: str = "bars",
+    iterate_batches=iterate_batches,
+    critic_loss=losses.critic_loss,
+    generator_terms=losses.generator_terms,
 ) -> dict:
     """Train; returns a summary. ``stop_at`` ends the run early (as an interruption would)."""
     out_dir = Path(out_dir)
+    if cfg["minibatch_impl"] not in ("cdist", "native"):
+        raise UserError(f"minibatch_impl must be cdist or native, got {cfg['minibatch_impl']!r}")
+    args = TrainingArgs.from_config(cfg)
     if cfg["threads"]:
         torch.set_num_threads(int(cfg["threads"]))
     device = resolve_device(cfg["device"])
@@ -113,18 +229,16 @@ def train(
         resumed = ckio.load(last_path)
         ckio.check_compatible(resumed["config"], cfg, last_path)
         ds["scaler"], ds["cond_scaler"] = resumed["scaler"], resumed["cond_scaler"]
-        ds = _rescale(ds, bars, cfg)
+        ds = _rescale(ds)
 
-    torch.manual_seed(int(cfg["seed"]))
+    torch.manual_seed(args.seed)
     gnet, cnet = Generator(cfg).to(device), Critic(cfg).to(device)
-    opt_g = _opt(gnet.parameters(), cfg["lr_g"], cfg)
-    opt_c = _opt(cnet.parameters(), cfg["lr_c"], cfg)
-    gen = torch.Generator().manual_seed(int(cfg["seed"]))
+    opt_g = torch.optim.Adam(gnet.parameters(), lr=cfg["lr_g"], betas=(cfg["beta1"], cfg["beta2"]))
+    opt_c = torch.optim.Adam(cnet.parameters(), lr=cfg["lr_c"], betas=(cfg["beta1"], cfg["beta2"]))
+    gen = torch.Generator().manual_seed(args.seed)
     step, best, fid = 0, float("inf"), float("nan")
     rows: list[dict] = []
-    gema = None
-    if float(cfg["ema_decay"]) > 0:
-        gema = copy.deepcopy(gnet).requires_grad_(False)
+    gema = copy.deepcopy(gnet).requires_grad_(False) if args.ema_decay > 0 else None
     if resumed is not None:
         gnet.load_state_dict(resumed.get("generator_train", resumed["generator"]))
         if gema is not None:
@@ -142,24 +256,27 @@ def train(
 
     x_train = torch.from_numpy(ds["train"]["x"]).to(device)
     c_train = torch.from_numpy(ds["train"]["cond"]).to(device)
-    n_train, b = len(x_train), int(cfg["batch_size"])
-    half = max(1, b // 2)
-    total = int(cfg["steps"])
-    # best.pt candidates: only generators trained past select_from (see config.py)
-    select_from = float(cfg["select_from_frac"]) * total
-    end = total if stop_at is None else min(total, stop_at)
+    batches = iterate_batches(x_train, c_train, args.batch_size, gen)
+    # best.pt candidates: only generators trained past select_from (docs/gan_torch.md)
+    select_from = args.select_from_frac * args.steps
+    end = args.steps if stop_at is None else min(args.steps, stop_at)
     ckpt_like = {
         "scaler": ds["scaler"],
+        "cond_scaler": ds["cond_scaler"],
+        "cond_bank": torch.from_numpy(ds["train"]["cond_raw"]),
         "config": cfg,
         "data": {"step_bound": ds["step_bound"], "feature_max": ds["feature_max"]},
     }
     # volatility clustering target: ACF of |r| of all real training windows, computed
-    # exactly as the validation metric computes it (validate.acf on raw returns)
+    # exactly as the validation metric computes it (fidelity.acf on raw returns)
     from gan_torch.fidelity import acf as np_acf
 
     acf_lags = min(int(cfg["acf_abs_lags"]), int(cfg["window_bars"]) - 1)
-    acf_target = torch.tensor(np_acf(np.abs(ds["train"]["raw"][..., 0]), acf_lags)).float()
-    r_bound = float(ds["step_bound"]) * float(cfg["step_bound_mult"])
+    targets = losses.Targets(
+        scaler=ds["scaler"],
+        r_bound=float(ds["step_bound"]) * float(cfg["step_bound_mult"]),
+        acf_abs=torch.tensor(np_acf(np.abs(ds["train"]["raw"][..., 0]), acf_lags)).float(),
+    )
     t0 = time.perf_counter()
     gnet.train()
     cnet.train()
@@ -167,107 +284,52 @@ def train(
     def save(path):
         ckio.save(path, _ckpt(cfg, ds, gnet, cnet, opt_g, opt_c, step, gen, best, fid, gema))
 
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    bar = Progress(
-        TextColumn("[bold]gan[/]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
-        disable=not progress,
-        transient=False,
-    )
+    bar = _progress(progress)
     with bar:
-        task = bar.add_task("train", total=total, completed=step, info="")
+        task = bar.add_task("train", total=args.steps, completed=step, info="")
         while step < end:
             sigma = losses.instance_noise_sigma(
-                step, total, cfg["instance_noise"], cfg["noise_anneal_frac"]
+                step, args.steps, args.instance_noise, args.noise_anneal_frac
             )
-            for _ in range(int(cfg["n_critic"])):
-                idx = torch.randint(n_train, (b,), generator=gen).to(device)
-                real, cond = x_train[idx], c_train[idx]
-                z, zg = _noise(b, cfg, gen, device)
-                with torch.no_grad():
-                    fake = gnet(z, cond, zg)
-                d_real, _ = cnet(losses.add_instance_noise(real, sigma, gen), cond)
-                d_fake, _ = cnet(losses.add_instance_noise(fake, sigma, gen), cond)
-                w = losses.critic_wasserstein(d_real, d_fake)
-                gp = losses.gradient_penalty(cnet, real, fake, cond, gen)
-                loss_c = w + cfg["gp_weight"] * gp
-                opt_c.zero_grad(set_to_none=True)
-                loss_c.backward()
-                opt_c.step()
-
-            idx = torch.randint(n_train, (b,), generator=gen).to(device)
-            real, cond_real = x_train[idx], c_train[idx]
-            cond = torch.cat([cond_real[:half], cond_real[:half]])  # pairs share a condition
-            z, zg = _noise(2 * half, cfg, gen, device)
-            fake = gnet(z, cond, zg)
-            d_fake, f_fake = cnet(losses.add_instance_noise(fake, sigma, gen), cond)
-            with torch.no_grad():
-                _, f_real = cnet(real, cond_real)
-            terms = {
-                "adv": losses.generator_wasserstein(d_fake),
-                "fm": losses.feature_matching(f_real, f_fake),
-                "moment": losses.moment_matching(real, fake),
-                "acf_abs": losses.abs_return_acf_loss(
-                    losses.decoded_returns(fake, ds["scaler"], r_bound), acf_target.to(device)
-                ),
-                "div": losses.diversity_loss(
-                    fake[:half],
-                    fake[half:],
-                    torch.cat([z[:half].flatten(1), zg[:half]], 1),
-                    torch.cat([z[half:].flatten(1), zg[half:]], 1),
-                ),
-            }
-            loss_g = (
-                terms["adv"]
-                + cfg["fm_weight"] * terms["fm"]
-                + cfg["moment_weight"] * terms["moment"]
-                + cfg["acf_abs_weight"] * terms["acf_abs"]
-                + cfg["div_weight"] * terms["div"]
+            for _ in range(args.n_critic):
+                loss_c, c_terms = critic_step(
+                    gnet, cnet, opt_c, next(batches), sigma, args, cfg, gen, critic_loss
+                )
+            loss_g, g_terms = generator_step(
+                gnet, cnet, opt_g, next(batches), sigma, args, cfg, gen, targets, generator_terms
             )
-            opt_g.zero_grad(set_to_none=True)
-            loss_g.backward()
-            opt_g.step()
             if gema is not None:
-                ema_update(gema, gnet, cfg["ema_decay"], step)
+                ema_update(gema, gnet, args.ema_decay, step)
             step += 1
 
             row = None
-            if step % int(cfg["log_every"]) == 0 or step == end:
+            if step % args.log_every == 0 or step == end:
                 row = {
                     "step": step,
                     "loss_c": loss_c.item(),
                     "loss_g": loss_g.item(),
-                    "wasserstein": -w.item(),
-                    "gp": gp.item(),
-                    **{k: v.item() for k, v in terms.items()},
+                    **{k: v.item() for k, v in c_terms.items()},
+                    **{k: v.item() for k, v in g_terms.items()},
                     "noise_sigma": sigma,
                     "elapsed_s": round(time.perf_counter() - t0, 3),
                 }
-            if step % int(cfg["eval_every"]) == 0 or step == total:
+            if step % args.eval_every == 0 or step == args.steps:
                 fid = evaluate_fidelity(gnet if gema is None else gema, ds, cfg, ckpt_like, device)
                 row = row or {"step": step}
                 row["fidelity"] = fid
-                if fid < best and (step > select_from or step == total):
+                if fid < best and (step > select_from or step == args.steps):
                     best = fid
                     save(out_dir / BEST)
             if row is not None:
                 rows.append(row)
+                nan = float("nan")
                 bar.update(
                     task,
-                    info=f"C {row.get('loss_c', float('nan')):+.3f} G {row.get('loss_g', float('nan')):+.3f} GP {row.get('gp', float('nan')):.3f}",
+                    info=f"C {row.get('loss_c', nan):+.3f} G {row.get('loss_g', nan):+.3f} "
+                    f"GP {row.get('gp', nan):.3f}",
                 )
             bar.update(task, completed=step)
-            if step % int(cfg["checkpoint_every"]) == 0 or step == end:
+            if step % args.checkpoint_every == 0 or step == end:
                 save(last_path)
                 write_jsonl(out_dir / METRICS, rows)
     if not (out_dir / BEST).exists():
@@ -278,16 +340,15 @@ def train(
         "elapsed_s": elapsed,
         "steps_per_s": (step - (resumed["step"] if resumed else 0)) / max(elapsed, 1e-9),
         "best_fidelity": best,
-        "train_windows": n_train,
+        "train_windows": len(x_train),
         "device": str(device),
         "out_dir": str(out_dir),
     }
 
 
-def _rescale(ds: dict, bars: dict, cfg: dict) -> dict:
+def _rescale(ds: dict) -> dict:
     """Re-apply a checkpoint's scalers (resume keeps the scaling it started with)."""
-    from gan_torch.data import scale
-    from gan_torch.generate import scale_condition
+    from gan_torch.data import scale, scale_condition
 
     for name in ("train", "val", "test"):
         part = ds[name]

@@ -1,4 +1,14 @@
-"""`ape-gan validate`: build every source, score it on two held-out periods, write JSON + PNGs."""
+"""`ape-gan validate`: build every source, score it on two held-out periods, write JSON + PNGs.
+
+Every source gets the same information: the training period. The GAN is conditioned exactly
+as `ape-gan generate` conditions it: conditions drawn from the checkpoint's training
+``cond_bank`` (or the one ``condition`` the user asks for, as ``--condition``); GBM and the
+block bootstrap are fitted on the training windows; ``real_train`` are the training windows.
+No source sees the held-out bars before a window. ``heldout_context=True`` adds the old
+setup as a diagnostic source ``gan_heldout_context`` (each window's condition computed from
+the ``window_bars`` held-out bars before it, bars of other held-out windows): it measures
+how much that leak was worth and is never the grade.
+"""
 
 from __future__ import annotations
 
@@ -14,14 +24,17 @@ from gan_torch.data import build_dataset, read_bars, read_windows, windows_to_ar
 PERIODS = ("test", "val")
 
 
-def gan_windows(ckpt: dict, cond_raw: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """Generated raw features for the held-out conditions (cycled to n windows)."""
+def gan_windows(ckpt: dict, n: int, seed: int, cond_raw: np.ndarray | None = None) -> np.ndarray:
+    """n generated windows (raw features), conditioned as `ape-gan generate` does: ``None``
+    draws conditions from the training ``cond_bank``; one condition (3,) is used for all;
+    (k, 3) conditions are cycled to n."""
     from gan_torch import checkpoint as ckio
     from gan_torch.generate import decode_features, sample_scaled
 
     gnet, _, _ = ckio.build_models(ckpt)
-    cond = cond_raw[np.arange(n) % len(cond_raw)]
-    scaled, _, _ = sample_scaled(gnet, ckpt, n, cond_raw=cond, seed=seed)
+    if cond_raw is not None and np.ndim(cond_raw) == 2:
+        cond_raw = cond_raw[np.arange(n) % len(cond_raw)]
+    scaled, _, _ = sample_scaled(gnet, ckpt, n, cond_raw=cond_raw, seed=seed)
     return decode_features(scaled, ckpt)
 
 
@@ -32,10 +45,16 @@ def run_validation(
     checkpoint: Path | None = None,
     windows: Path | None = None,
     plots: bool = True,
+    condition: str | None = None,
+    heldout_context: bool = False,
 ) -> dict:
+    """Score the GAN (a checkpoint, or generated ``windows``) and the baselines on the held-out
+    val and test periods. ``condition``: a preset or ``vol=..,trend=..,volume=..`` as for
+    `ape-gan generate --condition` (default: the training conditions)."""
     import torch
 
     from gan_torch import checkpoint as ckio
+    from gan_torch.generate import parse_condition
 
     torch.set_num_threads(max(1, int(cfg["threads"])))
     bars = read_bars(bars_path)
@@ -55,12 +74,18 @@ def run_validation(
         )
     ds = build_dataset(bars, cfg, source=str(bars_path))
     seed = int(cfg["seed"])
+    cond = None
+    if ckpt is not None:
+        cond = parse_condition(condition, ckpt["cond_bank"].double().numpy())
+    elif condition is not None or heldout_context:
+        raise UserError("--condition needs --checkpoint (generated --windows carry their own)")
     real_train = ds["train"]["raw"]
     result = {
         "bars": str(bars_path),
         "checkpoint": str(checkpoint) if ckpt else None,
         "windows": str(windows) if windows else None,
         "window_bars": cfg["window_bars"],
+        "gan_conditioning": _conditioning(ckpt, condition, cond),
         "split_bounds_bars": {k: list(v) for k, v in ds["bounds"].items()},
         "time_split": _time_split(bars, ds),
         "thresholds": {
@@ -75,10 +100,7 @@ def run_validation(
             result["periods"][period] = {"skipped": f"{len(real)} windows in the {period} period"}
             continue
         n = max(4 * len(real), 64)
-        if ckpt is not None:
-            fake = gan_windows(ckpt, ds[period]["cond_raw"], n, seed)
-        else:
-            fake = fake_all
+        fake = gan_windows(ckpt, n, seed, cond) if ckpt is not None else fake_all
         sources = {
             "gan": fake,
             "gbm": V.gbm_baseline(real_train, n, cfg["window_bars"], seed),
@@ -87,6 +109,8 @@ def run_validation(
             ),
             "real_train": real_train,
         }
+        if heldout_context:
+            sources["gan_heldout_context"] = gan_windows(ckpt, n, seed, ds[period]["cond_raw"])
         rep = V.report(real, real_train, sources, seed=seed)
         rep["n_real_windows"] = int(len(real))
         result["periods"][period] = rep
@@ -102,6 +126,19 @@ def run_validation(
     result["grade"] = result["periods"]["test"]["sources"]["gan"]["grade"]
     write_json(Path(out_dir) / "validation.json", result)
     return result
+
+
+def _conditioning(ckpt: dict | None, condition: str | None, cond) -> dict:
+    """What the GAN was told about the market before each window (recorded in the JSON)."""
+    if ckpt is None:
+        return {"mode": "windows file", "detail": "as generated (ape-gan generate)"}
+    if cond is None:
+        return {
+            "mode": "training cond_bank",
+            "detail": f"drawn from the {len(ckpt['cond_bank'])} training conditions, "
+            "as ape-gan generate without --condition",
+        }
+    return {"mode": "condition", "detail": condition, "raw": [float(v) for v in cond]}
 
 
 def _time_split(bars: dict, ds: dict) -> dict:

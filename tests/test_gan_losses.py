@@ -103,7 +103,7 @@ def test_critic_wasserstein_and_gp_train_the_critic():
 
 
 def test_acf_term_is_the_validation_metric_on_decoded_returns():
-    # the training term computes the ACF of |r| exactly as validate.acf does, on the returns
+    # the training term computes the ACF of |r| exactly as fidelity.acf does, on the returns
     # decode_features produces (scaling inverted, clipped, zero on empty bars)
     import numpy as np
 

@@ -61,6 +61,35 @@ def test_checkpoints_are_plain_and_resume_reproduces_an_uninterrupted_run(bars, 
     )
 
 
+def test_loss_terms_and_batches_are_passed_in(bars, tmp_path):
+    # the loop takes its objectives and batch iteration as arguments (mlx_lm trainer shape):
+    # a generator objective without the adversarial term trains a different generator
+    from gan_torch import losses
+    from gan_torch.train import TrainingArgs, iterate_batches
+
+    cfg = tiny_cfg(steps=3, checkpoint_every=3, eval_every=3)
+    calls = {"terms": 0, "batches": 0}
+
+    def no_adv(*a, **k):
+        calls["terms"] += 1
+        terms = losses.generator_terms(*a, **k)
+        return {**terms, "adv": terms["adv"] * 0.0}
+
+    def counted(*a):
+        for batch in iterate_batches(*a):
+            calls["batches"] += 1
+            yield batch
+
+    train(bars, cfg, tmp_path / "a", progress=False)
+    train(bars, cfg, tmp_path / "b", progress=False, generator_terms=no_adv, iterate_batches=counted)
+    args = TrainingArgs.from_config(cfg)
+    assert calls == {"terms": 3, "batches": 3 * (args.n_critic + 1)}
+    a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)["generator"]
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)["generator"]
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+    assert set(args.weights()) == {"adv", "fm", "moment", "acf_abs", "div"}
+
+
 def test_resume_under_an_incompatible_config_is_refused(bars, tmp_path):
     cfg = tiny_cfg(steps=2, checkpoint_every=2)
     train(bars, cfg, tmp_path, progress=False)
