@@ -130,7 +130,16 @@ def generate(
         None, "--start-price", help="Anchor price (default: real closes from training)."
     ),
     swaps_out: Path = typer.Option(
-        None, "--swaps-out", help="Also write swap events (collector CSV schema)."
+        None, "--swaps-out", help="Also write swap events (collector CSV + log_index, sequence)."
+    ),
+    swap_decoder: str = typer.Option(
+        None, "--swap-decoder", help="bootstrap (real swap sequences) | uniform [gan.swap_decoder]."
+    ),
+    real_swaps: Path = typer.Option(
+        None, "--real-swaps", help="Real swaps.parquet for the bootstrap [RUN/features/swaps.parquet]."
+    ),
+    continuous: bool = typer.Option(
+        False, "--continuous", help="Chain the windows into one path (one swap sequence)."
     ),
     autoregressive: bool = typer.Option(
         False, "--autoregressive", help="Sample step by step (KV cache)."
@@ -145,10 +154,12 @@ def generate(
 
     from gan_torch import checkpoint as ckio
     from gan_torch import generate as gen
+    from gan_torch import swaps as swap_io
     from gan_torch.data import write_windows
     from gan_torch.models import resolve_device
 
-    cfg, run = _cfg(config, run_dir, {"seed": seed, "device": device, "n_generate": n})
+    over = {"seed": seed, "device": device, "n_generate": n, "swap_decoder": swap_decoder}
+    cfg, run = _cfg(config, run_dir, over)
     checkpoint = checkpoint or run.gan_checkpoint
     out = out or run.synthetic_windows
     if backend not in ("torch", "mlx"):
@@ -158,6 +169,12 @@ def generate(
     count = int(cfg["n_generate"])
     if count < 1:
         raise UserError(f"--n must be >= 1, got {count}")
+    if continuous and backend == "mlx":
+        raise UserError("--continuous samples window by window: use --backend torch")
+    if swaps_out and cfg["swap_decoder"] not in swap_io.DECODERS:
+        raise UserError(
+            f"--swap-decoder must be one of {', '.join(swap_io.DECODERS)}, got {cfg['swap_decoder']!r}"
+        )
     if backend == "mlx":
         from apeagent.blas import ensure_fast_blas
 
@@ -177,25 +194,33 @@ def generate(
         ckpt = ckio.load(checkpoint)
         cond = gen.parse_condition(condition, ckpt["cond_bank"].double().numpy())
         gnet, _, _ = ckio.build_models(ckpt, resolve_device(cfg["device"]))
-        scaled, _, idx = gen.sample_scaled(
+        sample = gen.sample_continuous if continuous else gen.sample_scaled
+        scaled, _, idx = sample(
             gnet, ckpt, count, cond, cfg["seed"], autoregressive, next(gnet.parameters()).device
         )
     raw = gen.decode_features(scaled, ckpt)
     anchors = np.full(count, start_price) if start_price else ckpt["start_prices"].numpy()[idx]
+    if continuous:
+        anchors = gen.chained_anchors(raw, float(anchors[0]))
     cols = gen.to_windows(raw, anchors)
+    bank = None
+    if swaps_out and cfg["swap_decoder"] == "bootstrap":  # read before anything is written
+        bank = swap_io.bank_from_swaps(real_swaps or run.swaps_parquet, ckpt["data"])
     write_windows(out, cols)
     console.print(f"{out}: {count} synthetic windows of {raw.shape[1]} bars")
     if swaps_out:
-        data = ckpt["data"]
-        rows = gen.windows_to_swaps(
+        rows = swap_io.bars_to_swaps(
             cols,
-            int(data["liquidity"]) or 10**12,
-            start_time=1_738_816_800,
-            bar_seconds=int(data["bar_seconds"]),
+            cfg["swap_decoder"],
+            bank=bank,
+            liquidity=int(ckpt["data"]["liquidity"]) or 10**12,
+            sequence_of={w: 0 for w in range(count)} if continuous else None,
+            bar_seconds=int(ckpt["data"]["bar_seconds"]),
             seed=cfg["seed"],
         )
-        gen.write_swaps_csv(swaps_out, rows)
-        console.print(f"{swaps_out}: {len(rows)} synthetic swap events")
+        swap_io.write_swaps_csv(swaps_out, rows)
+        seqs = 1 if continuous else count
+        console.print(f"{swaps_out}: {len(rows)} synthetic swap events in {seqs} sequence(s)")
 
 
 @app.command()
@@ -210,6 +235,12 @@ def validate(
     out_dir: Path = typer.Option(
         None, "--out-dir", help="validation.json + PNGs [RUN/validation]."
     ),
+    swaps: Path = typer.Option(
+        None,
+        "--swaps",
+        help="Real swaps.parquet for the swap-level section [RUN/features/swaps.parquet if present].",
+    ),
+    swap_decoder: str = typer.Option(None, "--swap-decoder", help="bootstrap | uniform."),
     seed: int = typer.Option(None, "--seed"),
     quiet: bool = typer.Option(False, "--quiet"),
     config: str = ConfigOpt,
@@ -218,12 +249,20 @@ def validate(
     """GAN vs held-out real data (time split), with GBM / block-bootstrap baselines and the real floor."""
     from gan_torch.validate import print_table, run_validation
 
-    cfg, run = _cfg(config, run_dir, {"seed": seed})
+    from gan_torch.swaps import DECODERS
+
+    cfg, run = _cfg(config, run_dir, {"seed": seed, "swap_decoder": swap_decoder})
+    if cfg["swap_decoder"] not in DECODERS:
+        raise UserError(f"--swap-decoder must be one of {', '.join(DECODERS)}")
     bars = bars or run.bars
     if windows is None:
         checkpoint = checkpoint or run.gan_checkpoint
     out_dir = out_dir or run.validation
-    result = run_validation(bars, out_dir, cfg, checkpoint=checkpoint, windows=windows)
+    if swaps is None and run.swaps_parquet.is_file():
+        swaps = run.swaps_parquet
+    result = run_validation(
+        bars, out_dir, cfg, checkpoint=checkpoint, windows=windows, swaps=swaps
+    )
     if not quiet:
         print_table(result, Console())
 
