@@ -65,7 +65,7 @@ def main() -> None:
     args = p.parse_args()
     if not args.csv.is_file():
         sys.exit(f"shared data absent: {args.csv}")
-    cfg = section(load(args.config), "gan", DEFAULTS, {"seed": args.seed})
+    cfg = section(load(args.config), "gan", {"seed": args.seed})
     cfg["steps"] = args.steps or cfg["quick_test_steps"]
     for kv in args.set:
         key, _, value = kv.partition("=")

@@ -205,7 +205,7 @@ def generate(
     cols = gen.to_windows(raw, anchors)
     bank = None
     if swaps_out and cfg["swap_decoder"] == "bootstrap":  # read before anything is written
-        bank = swap_io.bank_from_swaps(real_swaps or run.swaps_parquet, ckpt["data"])
+        bank = swap_io.bank_from_swaps(real_swaps or run.swaps_parquet, ckpt)
     write_windows(out, cols)
     console.print(f"{out}: {count} synthetic windows of {raw.shape[1]} bars")
     if swaps_out:
@@ -247,9 +247,8 @@ def validate(
     run_dir: Path = RunDirOpt,
 ) -> None:
     """GAN vs held-out real data (time split), with GBM / block-bootstrap baselines and the real floor."""
-    from gan_torch.validate import print_table, run_validation
-
     from gan_torch.swaps import DECODERS
+    from gan_torch.validate import print_table, run_validation
 
     cfg, run = _cfg(config, run_dir, {"seed": seed, "swap_decoder": swap_decoder})
     if cfg["swap_decoder"] not in DECODERS:

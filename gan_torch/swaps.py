@@ -117,11 +117,31 @@ def rows_series(rows: list[dict]) -> dict[str, np.ndarray]:
     return {"log_return": r[keep], "size": size[keep], "dt": dt[keep], "sequence": seq[keep]}
 
 
-def swap_bank(sw: dict[str, np.ndarray], bar_seconds: int, n_train_bars: int) -> dict:
+def swap_bank(
+    sw: dict[str, np.ndarray],
+    bar_seconds: int,
+    n_train_bars: int,
+    window: dict | None = None,
+) -> dict:
     """Real swap sequences of the bars before ``n_train_bars`` (the GAN's training period),
-    grouped by bar, with each bar's matching key."""
+    grouped by bar, with each bar's matching key. ``window`` (``window_bars``, ``stride``,
+    ``min_active_frac``): keep only the bars of the training windows, the bars the GAN learnt
+    (``data.window_starts``: on the shared CSV this drops the launch week's 23% moves)."""
+    from gan_torch.data import window_starts
+
     b = bar_of(sw, bar_seconds)
-    idx = np.flatnonzero(b < n_train_bars)
+    in_bank = b < n_train_bars
+    if window is not None:
+        w = int(window["window_bars"])
+        active = np.bincount(b, minlength=n_train_bars)[:n_train_bars] > 0
+        starts = window_starts(
+            active, 0, n_train_bars, w, int(window["stride"]), window["min_active_frac"], w
+        )
+        keep = np.zeros(n_train_bars, bool)
+        for st in starts:
+            keep[st : st + w] = True
+        in_bank &= keep[np.minimum(b, n_train_bars - 1)]
+    idx = np.flatnonzero(in_bank)
     idx = idx[idx > 0]
     if len(idx) < 2:
         raise UserError(
@@ -153,12 +173,16 @@ def swap_bank(sw: dict[str, np.ndarray], bar_seconds: int, n_train_bars: int) ->
     }
 
 
-def bank_from_swaps(path: str | Path, ckpt_data: dict) -> dict:
-    """The bootstrap bank for a checkpoint: its training bars of the swaps it was trained on."""
+def bank_from_swaps(path: str | Path, ckpt: dict) -> dict:
+    """The bootstrap bank for a checkpoint: the bars of its training windows, from the swaps
+    it was trained on."""
+    ckpt_data, window = ckpt["data"], ckpt["config"]
     bounds = ckpt_data.get("bounds") or {}
     if "train" not in bounds:
         raise UserError("the checkpoint has no training bounds: cannot cut its training swaps")
-    return swap_bank(read_swaps(path), int(ckpt_data["bar_seconds"]), int(bounds["train"][1]))
+    return swap_bank(
+        read_swaps(path), int(ckpt_data["bar_seconds"]), int(bounds["train"][1]), window
+    )
 
 
 # ----------------------------------------------------------------- per-bar plans

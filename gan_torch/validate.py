@@ -143,7 +143,7 @@ def swap_validation(
     train_end, test_start = ds["bounds"]["train"][1], ds["bounds"]["test"][0]
     real = S.series(sw, b >= test_start)
     real_train = S.series(sw, b < train_end)
-    bank = S.swap_bank(sw, bar_seconds, train_end)
+    bank = S.swap_bank(sw, bar_seconds, train_end, cfg)
     if window_cols is None:
         starts = ds["test"]["start_price"]
         window_cols = to_windows(fake_raw, starts[np.arange(len(fake_raw)) % len(starts)])
