@@ -159,7 +159,8 @@ def swap_bank(
         "r": r,
         "size": size,
         "liquidity": sw["liquidity"][idx],
-        "offset": sw["timestamp"][idx] - (t0 + b[idx] * bar_seconds),
+        "timestamp": sw["timestamp"][idx],
+        "bar_start": t0 + bars * bar_seconds,
         "first": first,
         "count": count,
         "key": np.stack([bar_r, np.log(rv + 1e-9), np.log1p(vol)], 1),
@@ -220,10 +221,12 @@ def _bootstrap_plan(bank, k, r_bar, vol_bar, rv_bar, rng, sp0, fee_pips):
     r = bank["r"][sl]
     if len(r) < k:  # a bank smaller than one bar: repeat it
         reps = np.arange(k) % len(bank["r"])
-        r, size, liq, off = (bank[c][reps] for c in ("r", "size", "liquidity", "offset"))
+        r, size, liq, ts = (bank[c][reps] for c in ("r", "size", "liquidity", "timestamp"))
+        ts = np.sort(ts)
     else:
-        size, liq, off = bank["size"][sl], bank["liquidity"][sl], bank["offset"][sl]
-    off = off - off.min() if off.min() < 0 else off.copy()
+        size, liq, ts = bank["size"][sl], bank["liquidity"][sl], bank["timestamp"][sl]
+    off = (ts - bank["bar_start"][m]).astype(np.float64)  # from the matched bar's start
+    off -= min(off.min(), 0.0)  # a run that starts before it (the end of the bank)
     bs = bank["bar_seconds"]
     if off.max() >= bs:  # a run that spills into the next bars: squeeze it into this one
         off = off * (bs - 1) / off.max()
