@@ -181,7 +181,22 @@ def write_report(run_dir: Path, manifest: dict[str, Any]) -> dict[str, str]:
                 md.append(f"| {name} | {s.get('grade')} | {_num(s.get('discriminative_score'))} | "
                           f"{_num(s.get('predictive_score'))} | {_num(s.get('mean_ks'))} | {_num(s.get('acf_ret_error'))} | "
                           f"{_num(s.get('acf_abs_ret_error'))} | {_num(s.get('kurtosis_error'), 2)} |")
-        for plot in validation.get("plots", []):
+        swaps = validation.get("swaps")
+        if swaps:
+            real = swaps.get("real_test_stats", {})
+            md += ["", f"### Swap-level fidelity (decoded swaps vs {real.get('swaps')} held-out real swaps)", "",
+                   f"Decoder `{swaps.get('decoder')}`; classifier on windows of 24 consecutive swaps "
+                   f"({swaps.get('real_windows')} real windows), 0 = indistinguishable, 0.5 = separable. "
+                   f"Held-out real: excess kurtosis {_num(real.get('ret_excess_kurtosis'), 1)}, "
+                   f"max |r| {_num(real.get('max_abs_ret'), 4)}.", "",
+                   "| source | discriminative (returns) | discriminative (all) | KS return | KS size | KS gap | kurtosis | max abs r |",
+                   "|---|---|---|---|---|---|---|---|"]
+            for name, s in swaps.get("sources", {}).items():
+                ks, st = s.get("ks", {}), s.get("stats", {})
+                md.append(f"| {name} | {_num(s.get('discriminative_returns'))} | {_num(s.get('discriminative_all'))} | "
+                          f"{_num(ks.get('log_return'))} | {_num(ks.get('size'))} | {_num(ks.get('dt'))} | "
+                          f"{_num(st.get('ret_excess_kurtosis'), 1)} | {_num(st.get('max_abs_ret'), 4)} |")
+        for plot in [*validation.get("plots", []), *(swaps or {}).get("plots", [])]:
             src = Path(plot)
             if src.is_file():
                 shutil.copyfile(src, plots / src.name)

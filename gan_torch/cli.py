@@ -128,7 +128,16 @@ def generate(
         None, "--start-price", help="Anchor price (default: real closes from training)."
     ),
     swaps_out: Path = typer.Option(
-        None, "--swaps-out", help="Also write swap events (collector CSV schema)."
+        None, "--swaps-out", help="Also write swap events (collector CSV + log_index, sequence)."
+    ),
+    swap_decoder: str = typer.Option(
+        None, "--swap-decoder", help="bootstrap (real swap sequences) | uniform [gan.swap_decoder]."
+    ),
+    real_swaps: Path = typer.Option(
+        None, "--real-swaps", help="Real swaps.parquet for the bootstrap [RUN/features/swaps.parquet]."
+    ),
+    continuous: bool = typer.Option(
+        False, "--continuous", help="Chain the windows into one path (one swap sequence)."
     ),
     autoregressive: bool = typer.Option(
         False, "--autoregressive", help="Sample step by step (KV cache)."
@@ -140,25 +149,39 @@ def generate(
 ) -> None:
     """Synthetic windows (windows.parquet schema), optionally as AMM-consistent swap events."""
     from gan_torch import generate as gen
+    from gan_torch import swaps as swap_io
 
-    cfg, run = _cfg(config, run_dir, {"seed": seed, "device": device, "n_generate": n})
+    over = {"seed": seed, "device": device, "n_generate": n, "swap_decoder": swap_decoder}
+    cfg, run = _cfg(config, run_dir, over)
+    checkpoint = checkpoint or run.gan_checkpoint
     out = out or run.synthetic_windows
+    if swaps_out and cfg["swap_decoder"] not in swap_io.DECODERS:
+        raise UserError(
+            f"--swap-decoder must be one of {', '.join(swap_io.DECODERS)}, got {cfg['swap_decoder']!r}"
+        )
+    bank = None
+    if swaps_out and cfg["swap_decoder"] == "bootstrap":  # read before anything is written
+        from gan_torch import checkpoint as ckio
+
+        bank = swap_io.bank_from_swaps(real_swaps or run.swaps_parquet, ckio.load(checkpoint))
     cols, ckpt = gen.generate_windows(
-        checkpoint or run.gan_checkpoint, out, cfg, condition, start_price, autoregressive, backend
+        checkpoint, out, cfg, condition, start_price, autoregressive, backend, continuous
     )
     count, bars = int(cols["window_id"].max()) + 1, int(cols["step"].max()) + 1
     console.print(f"{out}: {count} synthetic windows of {bars} bars")
     if swaps_out:
-        data = ckpt["data"]
-        rows = gen.windows_to_swaps(
+        rows = swap_io.bars_to_swaps(
             cols,
-            int(data["liquidity"]) or 10**12,
-            start_time=1_738_816_800,
-            bar_seconds=int(data["bar_seconds"]),
+            cfg["swap_decoder"],
+            bank=bank,
+            liquidity=int(ckpt["data"]["liquidity"]) or 10**12,
+            sequence_of={w: 0 for w in range(count)} if continuous else None,
+            bar_seconds=int(ckpt["data"]["bar_seconds"]),
             seed=cfg["seed"],
         )
-        gen.write_swaps_csv(swaps_out, rows)
-        console.print(f"{swaps_out}: {len(rows)} synthetic swap events")
+        swap_io.write_swaps_csv(swaps_out, rows)
+        seqs = 1 if continuous else count
+        console.print(f"{swaps_out}: {len(rows)} synthetic swap events in {seqs} sequence(s)")
 
 
 @app.command()
@@ -178,6 +201,12 @@ def validate(
         "--condition",
         help="Condition the GAN as `generate --condition` (default: the training conditions).",
     ),
+    swaps: Path = typer.Option(
+        None,
+        "--swaps",
+        help="Real swaps.parquet for the swap-level section [RUN/features/swaps.parquet if present].",
+    ),
+    swap_decoder: str = typer.Option(None, "--swap-decoder", help="bootstrap | uniform."),
     seed: int = typer.Option(None, "--seed"),
     quiet: bool = typer.Option(False, "--quiet"),
     config: str = ConfigOpt,
@@ -185,15 +214,20 @@ def validate(
 ) -> None:
     """GAN vs held-out real data (time split), with GBM / block-bootstrap baselines and the real
     floor. Every source sees only the training period (the GAN: its training conditions)."""
+    from gan_torch.swaps import DECODERS
     from gan_torch.validate import print_table, run_validation
 
-    cfg, run = _cfg(config, run_dir, {"seed": seed})
+    cfg, run = _cfg(config, run_dir, {"seed": seed, "swap_decoder": swap_decoder})
+    if cfg["swap_decoder"] not in DECODERS:
+        raise UserError(f"--swap-decoder must be one of {', '.join(DECODERS)}")
     bars = bars or run.bars
     if windows is None:
         checkpoint = checkpoint or run.gan_checkpoint
     out_dir = out_dir or run.validation
+    if swaps is None and run.swaps_parquet.is_file():
+        swaps = run.swaps_parquet
     result = run_validation(
-        bars, out_dir, cfg, checkpoint=checkpoint, windows=windows, condition=condition
+        bars, out_dir, cfg, checkpoint=checkpoint, windows=windows, condition=condition, swaps=swaps
     )
     if not quiet:
         print_table(result, Console())

@@ -11,17 +11,12 @@ TickMath of ``chain.amm`` applied to the sqrtPriceX96 of each close.
 
 from __future__ import annotations
 
-import hashlib
-import math
-import random
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from apeagent.errors import UserError
-from chain.csvio import EXPORT_COLUMNS
-from chain.pool import ETH_USDC_POOL_ID, SIMULATED
 from gan_torch import checkpoint as ckio
 from gan_torch import data as gdata
 
@@ -91,6 +86,39 @@ def sample_scaled(
     return out.float().cpu().numpy(), cond_raw, idx
 
 
+def sample_continuous(
+    generator,
+    ckpt: dict,
+    n: int,
+    cond_raw: np.ndarray | None = None,
+    seed: int = 0,
+    autoregressive: bool = False,
+    device: torch.device | str = "cpu",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """n windows that form one path: window j+1 is conditioned on window j as decoded (its
+    volatility, trend and volume: ``data.condition_of``, the training condition), so regimes
+    carry over; the first window takes ``cond_raw`` (None: a real training condition).
+    Returns (scaled, raw conditions, bank idx of the first window); anchor the prices with
+    :func:`chained_anchors`."""
+    out, conds = [], []
+    scaled, cond, idx = sample_scaled(generator, ckpt, 1, cond_raw, seed, autoregressive, device)
+    for j in range(n):
+        if j:
+            scaled, cond, _ = sample_scaled(
+                generator, ckpt, 1, cond, seed + j, autoregressive, device
+            )
+        out.append(scaled[0])
+        conds.append(cond[0])
+        cond = gdata.condition_of(decode_features(scaled, ckpt)[0])
+    return np.stack(out), np.stack(conds), idx
+
+
+def chained_anchors(raw: np.ndarray, start_price: float) -> np.ndarray:
+    """Start prices that chain windows into one path: each window opens at the previous close."""
+    per_window = raw[..., 0].sum(axis=1)
+    return float(start_price) * np.exp(np.concatenate([[0.0], np.cumsum(per_window)[:-1]]))
+
+
 def decode_features(scaled: np.ndarray, ckpt: dict) -> np.ndarray:
     """Scaled model output -> raw features with the invariants enforced (n, T, 4)."""
     raw = gdata.unscale(scaled.astype(np.float64), ckpt["scaler"])
@@ -146,10 +174,12 @@ def generate_windows(
     start_price: float | None = None,
     autoregressive: bool = False,
     backend: str = "torch",
+    continuous: bool = False,
 ) -> tuple[dict[str, np.ndarray], dict]:
     """`ape-gan generate`: ``cfg["n_generate"]`` windows from a checkpoint (``backend`` mlx: also
     a directory written by scripts/convert_gan_to_mlx.py), written to ``out`` as
-    windows.parquet. Returns (the windows' columns, the checkpoint)."""
+    windows.parquet. ``continuous``: the windows form one price path (:func:`sample_continuous`,
+    each window opening at the previous close). Returns (the windows' columns, the checkpoint)."""
     checkpoint = Path(checkpoint)
     if backend not in ("torch", "mlx"):
         raise UserError(f"--backend must be torch or mlx, got {backend!r}")
@@ -158,6 +188,8 @@ def generate_windows(
     count = int(cfg["n_generate"])
     if count < 1:
         raise UserError(f"--n must be >= 1, got {count}")
+    if continuous and backend == "mlx":
+        raise UserError("--continuous samples window by window: use --backend torch")
     if backend == "mlx":
         from apeagent.blas import ensure_fast_blas
 
@@ -179,143 +211,14 @@ def generate_windows(
         ckpt = ckio.load(checkpoint)
         cond = parse_condition(condition, ckpt["cond_bank"].double().numpy())
         gnet, _, _ = ckio.build_models(ckpt, resolve_device(cfg["device"]))
-        scaled, _, idx = sample_scaled(
+        sample = sample_continuous if continuous else sample_scaled
+        scaled, _, idx = sample(
             gnet, ckpt, count, cond, cfg["seed"], autoregressive, next(gnet.parameters()).device
         )
     raw = decode_features(scaled, ckpt)
     anchors = np.full(count, start_price) if start_price else ckpt["start_prices"].numpy()[idx]
+    if continuous:
+        anchors = chained_anchors(raw, float(anchors[0]))
     cols = to_windows(raw, anchors)
     gdata.write_windows(out, cols)
     return cols, ckpt
-
-
-# ----------------------------------------------------------------- swap events
-
-# GAN swaps are labelled like the chain simulator's: never mistaken for real chain data.
-SWAP_COLUMNS = EXPORT_COLUMNS
-
-
-def _step_targets(rng: random.Random, d_total: float, variation: float, k: int) -> list[float]:
-    """k moves (in 1/sqrtP units) summing to d_total with total variation ~= variation."""
-    if k == 1:
-        return [d_total]
-    variation = max(variation, abs(d_total))
-    up, down = (variation + d_total) / 2, (variation - d_total) / 2
-    k_up = max(1, min(k - 1, round(k * up / variation))) if variation > 0 else k // 2
-    w_up = [rng.random() + 1e-3 for _ in range(k_up)]
-    w_dn = [rng.random() + 1e-3 for _ in range(k - k_up)]
-    moves = [up * w / sum(w_up) for w in w_up] + [-down * w / sum(w_dn) for w in w_dn]
-    rng.shuffle(moves)
-    return moves
-
-
-def windows_to_swaps(
-    cols: dict[str, np.ndarray],
-    liquidity: int,
-    start_time: int,
-    bar_seconds: int = 300,
-    start_block: int = 26_013_675,
-    fee_pips: int = 500,
-    seed: int = 0,
-    block_seconds: int = 2,
-) -> list[dict]:
-    """Swap events (collector CSV schema) that reproduce each window's bars exactly through
-    the pool's math: each swap is ``chain.amm.swap_exact_input`` from the previous swap's
-    sqrtPriceX96, with a price limit at its target, so tick, sqrtPriceX96, the signs of
-    amount0/amount1 and the fee-inclusive amounts are exactly what the pool would emit.
-
-    Within a bar the ``swap_count`` swaps go from the previous close to the bar's close with
-    a total ETH turnover near the bar's ``volume_eth`` (turnover of a constant-liquidity pool
-    is L * |delta(1/sqrtP)|, so the path's total variation in 1/sqrtP is set to match it).
-    """
-    from chain.amm import (
-        Q96,
-        get_amount0_delta,
-        get_amount1_delta,
-        sqrt_price_x96_from_price,
-        swap_exact_input,
-    )
-
-    rng = random.Random(seed)
-    ids = cols["window_id"]
-    rows: list[dict] = []
-    block = start_block
-    for w in np.unique(ids):
-        sel = np.flatnonzero(ids == w)
-        sel = sel[np.argsort(cols["step"][sel], kind="stable")]
-        close = cols["close"][sel]
-        r = cols["log_return"][sel]
-        prev_price = float(close[0] * math.exp(-r[0]))
-        sp = sqrt_price_x96_from_price(prev_price)
-        t_bar = start_time
-        for j, i in enumerate(sel):
-            k = int(cols["swap_count"][i])
-            t_bar = start_time + j * bar_seconds
-            if k <= 0:
-                continue
-            target = sqrt_price_x96_from_price(float(close[j]))
-            inv = lambda s: Q96 / s  # noqa: E731  (1/sqrtP in Q96 units)
-            turnover = float(cols["volume_eth"][i]) * 1e18 / liquidity  # in 1/sqrtP (Q96) units
-            d_total = inv(target) - inv(sp)
-            # cap the round-trip excursions at 10% of 1/sqrtP: a thin pool cannot absorb the
-            # bar's volume without absurd intermediate prices, so it then trades less volume
-            turnover = min(turnover, abs(d_total) + 0.1 * inv(sp))
-            moves = _step_targets(rng, d_total, turnover, k)
-            cum = inv(sp)
-            block_base = block + (j * bar_seconds) // block_seconds
-            for m_idx, move in enumerate(moves):
-                cum += move
-                is_last = m_idx == len(moves) - 1
-                tgt = target if is_last else int(Q96 / max(cum, 1e-30))
-                if tgt == sp:  # no price move: a minimal swap in a random direction
-                    tgt = sp + (1 if rng.random() < 0.5 else -1)
-                zfo = tgt < sp  # token0 (ETH) in pushes the price down
-                need = (
-                    get_amount0_delta(tgt, sp, liquidity, True)
-                    if zfo
-                    else get_amount1_delta(sp, tgt, liquidity, True)
-                )
-                amount_in = (need * 1_000_000) // (1_000_000 - fee_pips) + 2
-                res = swap_exact_input(
-                    sp, liquidity, amount_in, zfo, fee_pips, sqrt_price_limit_x96=tgt
-                )
-                # replay the consumed input as a plain exact-input swap: the event is then
-                # exactly what the pool emits for that input (no hidden price limit)
-                res = swap_exact_input(sp, liquidity, res.amount_in, zfo, fee_pips)
-                sp = res.sqrt_price_x96
-                ts = t_bar + int(bar_seconds * (m_idx + 0.5) / len(moves))
-                blk = block_base + int((ts - t_bar) // block_seconds)
-                h = hashlib.sha256(f"ape-gan:{seed}:{w}:{j}:{m_idx}".encode()).hexdigest()
-                rows.append(
-                    {
-                        "block_number": blk,
-                        "transaction_hash": h,
-                        "pool_id": ETH_USDC_POOL_ID[2:],
-                        "router_address": SIMULATED,
-                        "original_sender": SIMULATED,
-                        "is_contract_sender": False,
-                        "amount0": res.amount0,
-                        "amount1": res.amount1,
-                        "sqrt_price_x96": res.sqrt_price_x96,
-                        "liquidity": liquidity,
-                        "tick": res.tick,
-                        "fee": fee_pips,
-                        "timestamp": ts,
-                        "log_index": m_idx,
-                    }
-                )
-        block += (len(sel) * bar_seconds) // block_seconds + 1
-        start_time = t_bar + bar_seconds
-    return rows
-
-
-def write_swaps_csv(path, rows: list[dict]) -> None:
-    import csv
-
-    from apeagent.files import atomic_path
-
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(SWAP_COLUMNS))
-        w.writeheader()
-        for row in rows:
-            w.writerow({k: str(v) for k, v in row.items()})

@@ -47,6 +47,7 @@ def run_validation(
     plots: bool = True,
     condition: str | None = None,
     heldout_context: bool = False,
+    swaps: Path | None = None,
 ) -> dict:
     """Score the GAN (a checkpoint, or generated ``windows``) and the baselines on the held-out
     val and test periods. ``condition``: a preset or ``vol=..,trend=..,volume=..`` as for
@@ -94,6 +95,7 @@ def run_validation(
         },
         "periods": {},
     }
+    fakes = {}
     for period in PERIODS:
         real = ds[period]["raw"]
         if len(real) < 4:
@@ -101,6 +103,7 @@ def run_validation(
             continue
         n = max(4 * len(real), 64)
         fake = gan_windows(ckpt, n, seed, cond) if ckpt is not None else fake_all
+        fakes[period] = fake
         sources = {
             "gan": fake,
             "gbm": V.gbm_baseline(real_train, n, cfg["window_bars"], seed),
@@ -124,6 +127,11 @@ def run_validation(
     if "sources" not in result["periods"].get("test", {}):
         raise UserError(f"{bars_path}: the held-out test period has too few windows to validate")
     result["grade"] = result["periods"]["test"]["sources"]["gan"]["grade"]
+    if swaps is not None:
+        wcols = read_windows(windows) if windows is not None else None
+        result["swaps"] = swap_validation(
+            swaps, ds, cfg, fakes["test"], out_dir, seed, ckpt, wcols, plots
+        )
     write_json(Path(out_dir) / "validation.json", result)
     return result
 
@@ -139,6 +147,69 @@ def _conditioning(ckpt: dict | None, condition: str | None, cond) -> dict:
             "as ape-gan generate without --condition",
         }
     return {"mode": "condition", "detail": condition, "raw": [float(v) for v in cond]}
+
+
+def swap_validation(
+    swaps_path: Path,
+    ds: dict,
+    cfg: dict,
+    fake_raw: np.ndarray,
+    out_dir: Path,
+    seed: int,
+    ckpt: dict | None = None,
+    window_cols: dict | None = None,
+    plots: bool = True,
+    decoder: str | None = None,
+) -> dict:
+    """Swap-level section: the GAN's test-period windows decoded to swap events (one sequence
+    per window) against the held-out real swaps (the test bars'), with per-swap GBM, a block
+    bootstrap of real training swaps and the real training swaps (floor)."""
+    from gan_torch import swaps as S
+    from gan_torch.generate import to_windows
+
+    decoder = decoder or cfg["swap_decoder"]
+    sw = S.read_swaps(swaps_path)
+    bar_seconds = int(ds["bar_seconds"])
+    b = S.bar_of(sw, bar_seconds)
+    n_bars = ds["bounds"]["test"][1]
+    if int(b[-1]) + 1 != n_bars:
+        raise UserError(
+            f"{swaps_path}: its swaps span {int(b[-1]) + 1} bars, the bars file {n_bars}: "
+            "not the swaps the bars were made from"
+        )
+    train_end, test_start = ds["bounds"]["train"][1], ds["bounds"]["test"][0]
+    real = S.series(sw, b >= test_start)
+    real_train = S.series(sw, b < train_end)
+    bank = S.swap_bank(sw, bar_seconds, train_end, cfg)
+    if window_cols is None:
+        starts = ds["test"]["start_price"]
+        window_cols = to_windows(fake_raw, starts[np.arange(len(fake_raw)) % len(starts)])
+    # decode windows until 4x the real swaps (the classifier subsamples to the real count)
+    counts = np.bincount(window_cols["window_id"], weights=window_cols["swap_count"])
+    n_win = int(np.searchsorted(np.cumsum(counts), 4 * len(real["log_return"]))) + 1
+    keep = window_cols["window_id"] < n_win
+    liquidity = int(ckpt["data"]["liquidity"]) if ckpt else int(bank["median_liquidity"])
+    rows = S.bars_to_swaps(
+        {k: v[keep] for k, v in window_cols.items()},
+        decoder,
+        bank=bank,
+        liquidity=liquidity or 10**16,
+        bar_seconds=bar_seconds,
+        seed=seed,
+    )
+    gan = S.rows_series(rows)
+    n = len(gan["log_return"])
+    sources = {
+        "gan": gan,
+        "gbm": V.gbm_swaps(real_train, n, seed=seed),
+        "bootstrap": V.bootstrap_swaps(real_train, n, int(cfg["bootstrap_block"]), seed),
+        "real_train": real_train,
+    }
+    out = V.swap_report(real, sources, seed=seed)
+    out.update(decoder=decoder, swaps=str(swaps_path), gan_windows=n_win)
+    if plots:
+        out["plots"] = V.swap_plots(out_dir, real, sources)
+    return out
 
 
 def _time_split(bars: dict, ds: dict) -> dict:
@@ -196,3 +267,32 @@ def print_table(result: dict, console, label: str = "ape-gan validate") -> None:
                 f"{m['vol_price_corr_error']:.3f}",
             )
         console.print(t)
+    if "swaps" in result:
+        print_swap_table(result["swaps"], console, label)
+
+
+def print_swap_table(rep: dict, console, label: str = "ape-gan validate") -> None:
+    from rich.table import Table
+
+    real = rep["real_test_stats"]
+    t = Table(
+        title=f"{label}: swap level, held-out test swaps ({real['swaps']} swaps, "
+        f"{rep['real_windows']} windows of 24; decoder {rep['decoder']})"
+    )
+    for col in ("source", "disc. returns", "disc. all", "KS r", "KS size", "KS dt", "kurtosis",
+                "max |r|", "same dir"):
+        t.add_column(col)
+    t.add_row("real_test", "", "", "", "", "", f"{real['ret_excess_kurtosis']:.1f}",
+              f"{real['max_abs_ret']:.4f}", f"{real['same_direction_frac']:.2f}")
+    for name, m in rep["sources"].items():
+        st = m["stats"]
+        t.add_row(
+            name,
+            f"{m['discriminative_returns']:.3f}",
+            f"{m['discriminative_all']:.3f}",
+            *(f"{m['ks'][k]:.3f}" for k in ("log_return", "size", "dt")),
+            f"{st['ret_excess_kurtosis']:.1f}",
+            f"{st['max_abs_ret']:.4f}",
+            f"{st['same_direction_frac']:.2f}",
+        )
+    console.print(t)

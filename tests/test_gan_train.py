@@ -17,6 +17,7 @@ from gan_torch import checkpoint as ckio
 from gan_torch import generate as G
 from gan_torch.cli import app
 from gan_torch.data import WINDOW_COLUMNS, read_windows
+from gan_torch.swaps import bars_to_swaps
 from gan_torch.train import train
 
 
@@ -142,7 +143,7 @@ def test_swap_events_are_amm_consistent():
     )
     cols = G.to_windows(raw, np.array([3000.0, 2500.0]))
     liq = 2 * 10**16
-    rows = G.windows_to_swaps(cols, liq, start_time=1_738_816_800)
+    rows = bars_to_swaps(cols, "uniform", liquidity=liq, start_time=1_738_816_800)
     assert len(rows) == int(cols["swap_count"].sum())
     from chain.amm import sqrt_price_x96_from_price
 
@@ -215,7 +216,9 @@ def test_cli_train_generate_validate(bars, tmp_path):
         str(cfg),
     ]
     res = runner.invoke(
-        app, [*args, "--swaps-out", str(tmp_path / "swaps.csv"), "--condition", "volatile"]
+        app,
+        [*args, "--swaps-out", str(tmp_path / "swaps.csv"), "--swap-decoder", "uniform",
+         "--condition", "volatile"],
     )
     assert res.exit_code == 0, res.output
     w = read_windows(out)
@@ -223,7 +226,7 @@ def test_cli_train_generate_validate(bars, tmp_path):
     assert w["window_id"].max() == 4 and np.all(w["close"] > 0) and np.all(np.isfinite(w["close"]))
     header = (tmp_path / "swaps.csv").read_text().splitlines()[0]
     assert header.startswith("block_number,transaction_hash,pool_id") and header.endswith(
-        "timestamp,log_index"
+        "timestamp,log_index,sequence"
     )
     # seeded: the same call gives the same windows; autoregressive sampling gives the same too
     res = runner.invoke(
