@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from apeagent.errors import UserError
 from distill.parse import APE_IN, APE_NEUTRAL, APE_OUT, parse_answer
@@ -137,23 +136,6 @@ class RulesPolicy:
         return Decision(d["decision"], d["amount_eth"])
 
 
-def check_model_dir(path: str | Path, what: str = "model") -> Path:
-    """A clear error for a missing or incomplete MLX model / adapter dir (before loading)."""
-    p = Path(path)
-    if not str(path):
-        raise UserError(f"no {what} given (--model or agent.model)")
-    if not p.exists():
-        raise UserError(f"{what} not found: {p}")
-    if what == "adapter":
-        if not (p / "adapters.safetensors").is_file() or not (p / "adapter_config.json").is_file():
-            raise UserError(
-                f"{p}: not an mlx-lm adapters dir (needs adapters.safetensors, adapter_config.json)"
-            )
-    elif not (p / "config.json").is_file() or not any(p.glob("*.safetensors")):
-        raise UserError(f"{p}: not an MLX model dir (needs config.json and *.safetensors)")
-    return p
-
-
 class ModelPolicy:
     """An MLX model (student, or an MLX teacher with ``plain=True``) answering the prompt."""
 
@@ -173,20 +155,14 @@ class ModelPolicy:
         plain: bool = False,
         log=None,
     ):
-        from mlx_lm import load
         from mlx_lm.sample_utils import make_sampler
 
-        # A local path must be a model dir; anything else is tried as a Hugging Face repo.
-        if Path(model).exists() or model.startswith((".", "/", "~")) or not model:
-            check_model_dir(model)
-        if adapter:
-            check_model_dir(adapter, "adapter")
-        try:
-            self.model, self.tokenizer = load(model, adapter_path=adapter or None)
-        except Exception as e:  # mlx-lm raises several types for a bad dir or repo
-            raise UserError(
-                f"cannot load model {model!r}{f' + {adapter!r}' if adapter else ''}: {e}"
-            ) from None
+        from finetune_mlx.model_dir import load, resolve_model
+
+        if not model:
+            raise UserError("no model given (--model or agent.model)")
+        # a local model dir, or a Hugging Face repo id; the adapter must fit the base
+        self.model, self.tokenizer = load(resolve_model(model), adapter or None)
         self.name = name
         self.max_tokens = max_tokens
         self.sampler = make_sampler(temp=temperature)
@@ -219,16 +195,11 @@ class ModelPolicy:
             detail = detail - 1 if detail > 0 else -1
 
     def decide(self, state: MarketState, history: History | None = None) -> Decision:
-        from mlx_lm import stream_generate
+        from finetune_mlx.model_dir import answer
 
         ids, detail = self.messages(state, history)
-        text, last = "", None
-        t0 = time.perf_counter()
-        for last in stream_generate(
-            self.model, self.tokenizer, ids, max_tokens=self.max_tokens, sampler=self.sampler
-        ):
-            text += last.text
-        latency = time.perf_counter() - t0
+        out = answer(self.model, self.tokenizer, ids, self.max_tokens, self.sampler)
+        text = out["text"]
         ans = parse_answer(text, plain=self.plain)
         d = Decision(
             ans.decision if ans.valid else APE_NEUTRAL,
@@ -237,8 +208,8 @@ class ModelPolicy:
             reason=ans.reason,
             raw=text,
             prompt_tokens=len(ids),
-            answer_tokens=last.generation_tokens if last else 0,
-            latency_s=latency,
+            answer_tokens=out["tokens"],
+            latency_s=out["latency_s"],
             history_trades=detail,
         )
         if not ans.valid and self.log is not None:
