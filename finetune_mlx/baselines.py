@@ -9,7 +9,9 @@ and scored on the test split (never fit on test):
   user prompt: ``ETH share 38%`` -> ``ETH share``), the best rule with up to two thresholds
   (three intervals, one decision each; ``share < 30 -> APE IN, share > 70 -> APE OUT, else
   APE NEUTRAL`` is one), chosen by train agreement; the feature with the best train agreement
-  is reported with its test agreement.
+  is reported with its test agreement (``best_single_feature``, the one the margin is taken
+  over), and so is the feature that happens to score best on test
+  (``best_single_feature_in_hindsight``: chosen on test, an upper bound for such rules).
 
 Reading features by line label keeps this independent of the prompt's exact wording
 (``distill.prompt.format_prompt`` owns it): any "label number" line is a candidate feature.
@@ -131,6 +133,9 @@ def baselines(train_rows: list[dict], test_rows: list[dict]) -> dict[str, Any]:
     if out["features"]:
         best = max(out["features"], key=lambda f: out["features"][f]["train_agreement"])
         out["best_single_feature"] = {"feature": best, **out["features"][best]}
+        # chosen on test: a ceiling no honest baseline reaches, reported beside it
+        hind = max(out["features"], key=lambda f: out["features"][f]["agreement"])
+        out["best_single_feature_in_hindsight"] = {"feature": hind, **out["features"][hind]}
     trivial = [out["majority"]["agreement"]]
     if "best_single_feature" in out:
         trivial.append(out["best_single_feature"]["agreement"])

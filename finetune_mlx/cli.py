@@ -264,8 +264,10 @@ def print_baselines(report: dict) -> None:
     maj = base["majority"]
     table.add_row("majority class", f"always {maj['decision']}", _pct(maj["train_agreement"]), _pct(maj["agreement"]))
     best = base.get("best_single_feature", {}).get("feature")
+    hind = base.get("best_single_feature_in_hindsight", {}).get("feature")
     for name, f in base["features"].items():
-        label = f"{name}{' (best on train)' if name == best else ''}"
+        tags = [t for t, on in (("best on train", name == best), ("best on test", name == hind)) if on]
+        label = f"{name} ({', '.join(tags)})" if tags else name
         table.add_row(label, f["rule"], _pct(f["train_agreement"]), _pct(f["agreement"]))
     console.print(table)
     cmp = report.get("comparison") or {}
@@ -275,6 +277,11 @@ def print_baselines(report: dict) -> None:
             f"{cmp['model']} agreement {_pct(report['variants'][cmp['model']]['decision_agreement'])} = "
             f"{cmp['margin_points']:+.1f} points over the best trivial baseline "
             f"({_pct(cmp['best_trivial_agreement'])})"
+            + (
+                f", {cmp['margin_points_in_hindsight']:+.1f} over the best rule in hindsight"
+                if "margin_points_in_hindsight" in cmp
+                else ""
+            )
             + (f"; base model's plain-word agreement {_pct(plain)}" if plain is not None else "")
         )
 

@@ -14,7 +14,8 @@ count):
 Beside the models, the trivial baselines of :mod:`finetune_mlx.baselines` (majority class,
 best single-feature rule; fit on the train split beside the test file, scored on test), the
 base model's plain-word agreement, and the fused model's margin over the best trivial
-baseline, in points: ``margin_points = 100 * (fused agreement - best trivial agreement)``.
+baseline, in points: ``margin_points = 100 * (fused agreement - best trivial agreement)``
+(and ``margin_points_in_hindsight`` over the single-feature rule that scores best on test).
 """
 
 from __future__ import annotations
@@ -89,6 +90,9 @@ def compare(report: dict[str, Any]) -> dict[str, Any]:
         name = "fused" if "fused" in report["variants"] else list(report["variants"])[-1]
         got = report["variants"][name]["decision_agreement"]
         out.update(model=name, margin_points=round(100 * (got - out["best_trivial_agreement"]), 2))
+        hind = report["baselines"].get("best_single_feature_in_hindsight")
+        if hind:
+            out["margin_points_in_hindsight"] = round(100 * (got - hind["agreement"]), 2)
     return out
 
 
