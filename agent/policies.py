@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from apeagent.errors import UserError
 from distill.parse import APE_IN, APE_NEUTRAL, APE_OUT, parse_answer
@@ -226,7 +225,7 @@ class ModelPolicy:
             detail = detail - 1 if detail > 0 else -1
 
     def decide(self, state: MarketState, history: History | None = None) -> Decision:
-        from finetune_mlx.evaluate import answer  # the one greedy answer (eval uses it too)
+        from finetune_mlx.model_dir import answer  # the one greedy answer (eval uses it too)
 
         chat, ids, detail = self.fit(state, history)
         out = answer(self.model, self.tokenizer, chat, self.max_tokens)

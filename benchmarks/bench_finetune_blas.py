@@ -38,7 +38,7 @@ def worker(steps: int) -> dict:
         mx.eval(a @ b)
     gflops = 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
 
-    from finetune_mlx.data import load_splits
+    from distill.dataset import load_splits
     from finetune_mlx.tiny import build_tiny, corpus_from_dataset
     from finetune_mlx.train import train
 

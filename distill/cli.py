@@ -168,40 +168,18 @@ def check(
     run_dir: Path = RunDirOpt,
 ) -> None:
     """Check an existing dataset against a student's tokenizer and the canary rules."""
-    import json
-
-    from distill.clean import has_plain_decision
-    from distill.dataset import SPLITS, token_lengths
-    from distill.parse import parse_answer
+    from distill.dataset import check_dataset
 
     cfg, run = _cfg(config, run_dir, {"max_seq_length": max_seq_length})
     dataset_dir, tokenizer = dataset_dir or run.dataset, tokenizer or run.student_base
-    limit = cfg["max_seq_length"]
-    t = Table(title=f"check {dataset_dir} (max_seq_length {limit})")
+    rep = check_dataset(dataset_dir, tokenizer, cfg["max_seq_length"])
+    t = Table(title=f"check {dataset_dir} (max_seq_length {rep['max_seq_length']})")
     for col in ("split", "examples", "max tokens", "over limit", "bad answers"):
         t.add_column(col)
-    failed = False
-    for s in SPLITS:
-        path = dataset_dir / f"{s}.jsonl"
-        if not path.is_file():
-            raise UserError(f"{path}: not found")
-        rows = []
-        for i, line in enumerate(path.read_text().splitlines(), 1):
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise UserError(f"{path}:{i}: not a JSON line") from None
-        lengths = token_lengths(rows, tokenizer) if rows else [0]
-        bad = 0
-        for r in rows:
-            text = r["messages"][-1]["content"] if "messages" in r else r["completion"]
-            a = parse_answer(text)
-            bad += (not a.valid) or (not a.has_separator) or has_plain_decision(text)
-        over = sum(n > limit for n in lengths)
-        failed |= bool(over or bad)
-        t.add_row(s, str(len(rows)), str(max(lengths)), str(over), str(bad))
+    for s, row in rep["splits"].items():
+        t.add_row(s, str(row["examples"]), str(row["max_tokens"]), str(row["over_limit"]), str(row["bad_answers"]))
     Console().print(t)
-    if failed:
+    if not rep["ok"]:
         raise UserError("dataset check failed (see table)")
 
 

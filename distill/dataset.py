@@ -8,10 +8,15 @@
 - Class balance per split; ``rebalance`` (train only) down- or up-samples to equal classes.
 - With a tokenizer / model dir, every example must fit ``max_seq_length`` tokens as mlx-lm
   will tokenize it (chat template included); otherwise nothing is written.
+
+This module owns the dataset JSONL: the writer (:func:`build_dataset`), the reader
+(:func:`read_split`, :func:`load_splits`) and the token lengths (:func:`token_lengths`) that
+``ape-distill check`` and ``ape-finetune lora`` use.
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -114,9 +119,9 @@ def rebalance(records: list[dict], how: str, seed: int) -> list[dict]:
     return sorted(out, key=lambda r: (r["order"], r.get("portfolio", 0)))
 
 
-def token_lengths(examples: list[dict], tokenizer_dir: str | Path) -> list[int]:
-    """Token counts exactly as mlx-lm's ChatDataset / CompletionsDataset compute them."""
-    path = Path(tokenizer_dir)
+def load_tokenizer(path: str | Path):
+    """The student's tokenizer (``transformers.AutoTokenizer``) from a model dir, with a chat template."""
+    path = Path(path)
     if not (path / "tokenizer_config.json").is_file() and not (path / "tokenizer.json").is_file():
         raise UserError(f"{path}: no tokenizer files (tokenizer.json / tokenizer_config.json)")
     from transformers import AutoTokenizer
@@ -127,27 +132,117 @@ def token_lengths(examples: list[dict], tokenizer_dir: str | Path) -> list[int]:
         raise UserError(f"{path}: cannot load the tokenizer ({e})") from None
     if tok.chat_template is None:
         raise UserError(f"{path}: the tokenizer has no chat template")
-    out = []
-    for ex in examples:
-        if "messages" in ex:
-            messages = ex["messages"]
-        else:
-            messages = [
-                {"role": "user", "content": ex["prompt"]},
-                {"role": "assistant", "content": ex["completion"]},
-            ]
-        out.append(len(tok.apply_chat_template(messages, return_dict=False)))
-    return out
+    return tok
+
+
+def example_messages(ex: dict) -> list[dict]:
+    """The chat of one example of either format (``completions`` as user + assistant)."""
+    if "messages" in ex:
+        return ex["messages"]
+    return [
+        {"role": "user", "content": ex["prompt"]},
+        {"role": "assistant", "content": ex["completion"]},
+    ]
+
+
+def split_prompt(ex: dict) -> tuple[list[dict], str]:
+    """(the messages without the answer, the reference answer)."""
+    msgs = example_messages(ex)
+    return msgs[:-1], msgs[-1]["content"]
+
+
+def token_lengths(examples: list[dict], tokenizer) -> list[int]:
+    """Token counts exactly as mlx-lm's ChatDataset / CompletionsDataset compute them.
+
+    ``tokenizer``: a loaded tokenizer (``mlx_lm.load``'s or ``AutoTokenizer``) or a model dir.
+    """
+    if isinstance(tokenizer, (str, Path)):
+        tokenizer = load_tokenizer(tokenizer)
+    return [len(tokenizer.apply_chat_template(example_messages(ex), return_dict=False)) for ex in examples]
+
+
+def check_lengths(examples: list[dict], tokenizer, max_seq_length: int, path: Path) -> list[int]:
+    """Token count of each example; the first example over ``max_seq_length`` is an error."""
+    lengths = token_lengths(examples, tokenizer)
+    for n, length in enumerate(lengths, 1):
+        if length > max_seq_length:
+            raise UserError(
+                f"{path}: example {n} is {length} tokens, longer than max_seq_length={max_seq_length} "
+                "(raise finetune.max_seq_length or shorten the example)"
+            )
+    return lengths
+
+
+def _valid_example(row) -> bool:
+    if not isinstance(row, dict):
+        return False
+    if "messages" not in row:  # completions format
+        return all(isinstance(row.get(k), str) for k in ("prompt", "completion")) and bool(
+            row["completion"].strip()
+        )
+    msgs = row["messages"]
+    return (
+        isinstance(msgs, list)
+        and len(msgs) >= 2
+        and all(
+            isinstance(m, dict) and isinstance(m.get("content"), str) and m.get("role") for m in msgs
+        )
+        and msgs[-1]["role"] == "assistant"
+        and bool(msgs[-1]["content"].strip())
+    )
+
+
+def read_split(path: str | Path) -> list[dict]:
+    """Examples of one split: ``{"messages": [..., {"role": "assistant", ...}]}`` (chat) or
+    ``{"prompt": ..., "completion": ...}``; a bad line is an error naming the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"dataset file not found: {path}")
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+        if not _valid_example(row):
+            raise UserError(
+                f'{path}:{n}: expected {{"messages": [..., {{"role": "assistant", "content": ...}}]}} '
+                'or {"prompt": ..., "completion": ...}'
+            )
+        rows.append(row)
+    if not rows:
+        raise UserError(f"{path}: no valid examples")
+    return rows
+
+
+def load_splits(data_dir: str | Path, splits: tuple[str, ...] = SPLITS) -> dict[str, list[dict]]:
+    """``{split: examples}`` of a dataset dir (``<split>.jsonl`` each)."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise UserError(f"dataset directory not found: {data_dir}")
+    return {s: read_split(data_dir / f"{s}.jsonl") for s in splits}
+
+
+def answer_problem(text: str) -> str | None:
+    """Why a completion is not a clean canary answer (None when it is): exactly one canary
+    decision after ``####`` and no plain BUY/SELL/HOLD word."""
+    ans = parse_answer(text)
+    if not ans.valid or not ans.has_separator:
+        return f"no single canary after #### ({ans.reason or 'no separator'})"
+    if has_plain_decision(text):
+        return "plain BUY/SELL/HOLD word"
+    return None
 
 
 def check_completion(rec: dict) -> str | None:
-    ans = parse_answer(rec["completion"])
-    if not ans.valid or not ans.has_separator:
-        return f"no single canary after #### ({ans.reason or 'no separator'})"
-    if ans.decision != rec.get("decision"):
-        return f"decision {ans.decision} != recorded {rec.get('decision')}"
-    if has_plain_decision(rec["completion"]):
-        return "plain BUY/SELL/HOLD word"
+    problem = answer_problem(rec["completion"])
+    if problem is not None:
+        return problem
+    decision = parse_answer(rec["completion"]).decision
+    if decision != rec.get("decision"):
+        return f"decision {decision} != recorded {rec.get('decision')}"
     return None
 
 
@@ -210,3 +305,24 @@ def build_dataset(
     }
     write_json(out_dir / REPORT, rep)
     return rep
+
+
+def check_dataset(dataset_dir: str | Path, tokenizer, max_seq_length: int) -> dict:
+    """An existing dataset against a student's tokenizer and the canary rules, per split."""
+    dataset_dir = Path(dataset_dir)
+    tokenizer = load_tokenizer(tokenizer) if isinstance(tokenizer, (str, Path)) else tokenizer
+    out = {}
+    for s in SPLITS:
+        path = dataset_dir / f"{s}.jsonl"
+        # an empty split is allowed (distill.test_fraction = 0); read_split refuses one
+        empty = path.is_file() and not path.read_text().strip()
+        rows = [] if empty else read_split(path)
+        lengths = token_lengths(rows, tokenizer)
+        out[s] = {
+            "examples": len(rows),
+            "max_tokens": max(lengths, default=0),
+            "over_limit": sum(n > max_seq_length for n in lengths),
+            "bad_answers": sum(answer_problem(split_prompt(r)[1]) is not None for r in rows),
+        }
+    ok = not any(r["over_limit"] or r["bad_answers"] for r in out.values())
+    return {"dataset": str(dataset_dir), "max_seq_length": max_seq_length, "splits": out, "ok": ok}

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,7 +10,6 @@ from rich.console import Console
 from rich.table import Table
 
 from apeagent.cli import ConfigOpt, RunDirOpt, run_cli
-from apeagent.errors import UserError
 from apeagent.layout import RunLayout
 
 app = typer.Typer(
@@ -23,8 +18,6 @@ app = typer.Typer(
     help="Fine-tune the student with mlx-lm: LoRA, fuse, canary evaluation, tiny offline models.",
 )
 console = Console()
-
-_ENV_STATUS = "APE_LAUNCH_STATUS"
 
 
 @app.callback()
@@ -81,7 +74,9 @@ def build_tiny_cmd(
     from apeagent.blas import ensure_fast_blas
 
     ensure_fast_blas()
-    from finetune_mlx.data import load_splits
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from finetune_mlx.tiny import build_tiny_from_dataset
 
     cfg, run = _settings(
         config,
@@ -94,18 +89,6 @@ def build_tiny_cmd(
             "seed": seed,
         },
     )
-    data = data or run.dataset
-    out = out or run.student_base
-    splits = load_splits(data, ("train", "valid"))
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from finetune_mlx.tiny import background_texts, build_tiny, corpus_from_dataset
-
-    corpus, chats = corpus_from_dataset(
-        splits["train"] + splits["valid"], system=cfg["tiny_pretrain_system"]
-    )
-    corpus += background_texts(16)
-    steps = cfg["tiny_pretrain_steps"]
     with Progress(
         TextColumn("pre-train"),
         BarColumn(),
@@ -114,96 +97,15 @@ def build_tiny_cmd(
         TimeElapsedColumn(),
         console=console,
     ) as prog:
-        task = prog.add_task("pretrain", total=steps, loss=float("nan"))
-        path = build_tiny(
-            out,
-            corpus,
-            hidden_size=cfg["tiny_hidden_size"],
-            num_layers=cfg["tiny_num_layers"],
-            num_heads=cfg["tiny_num_heads"],
-            num_kv_heads=cfg["tiny_num_kv_heads"],
-            intermediate_size=cfg["tiny_intermediate_size"] or None,
-            vocab_size=cfg["tiny_vocab_size"],
-            max_position_embeddings=max(cfg["max_seq_length"], 512),
-            tie_word_embeddings=cfg["tiny_tie_embeddings"],
-            pretrain_texts=[*chats[: len(splits["train"])], *background_texts(len(splits["train"]) // 8)],
-            pretrain_steps=steps,
-            pretrain_batch_size=cfg["tiny_pretrain_batch_size"],
-            pretrain_lr=cfg["tiny_pretrain_lr"],
-            seed=cfg["seed"],
+        task = prog.add_task("pretrain", total=cfg["tiny_pretrain_steps"], loss=float("nan"))
+        path = build_tiny_from_dataset(
+            data or run.dataset,
+            out or run.student_base,
+            cfg,
             on_step=lambda i, loss: prog.update(task, completed=i, loss=loss),
         )
     info = (path / "build_info.json").read_text()
     console.print(f"wrote {path}\n{info}")
-
-
-def _free_port(n: int) -> int:
-    """A port p with p .. p+n-1 free on 127.0.0.1 (the ring backend listens on each)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port + n > 65535:
-            continue
-        socks = []
-        try:
-            for k in range(n):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", port + k))
-            return port
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise UserError("no free ports for mlx.launch")
-
-
-def _launch(num_processes: int, hostfile: Path | None) -> int:
-    """Re-run this command under ``mlx.launch`` (ring backend); returns an exit code.
-
-    mlx.launch exits 0 even when a rank fails, so each rank leaves a marker file when it
-    finishes and the exit code is 0 only if every rank did.
-    """
-    import tempfile
-
-    launcher = Path(sys.executable).parent / "mlx.launch"
-    launcher = str(launcher) if launcher.exists() else shutil.which("mlx.launch")
-    if launcher is None:
-        raise UserError("mlx.launch not found (it comes with the mlx package)")
-    cmd = [launcher, "--backend", "ring"]
-    if hostfile is not None:
-        if not hostfile.is_file():
-            raise UserError(f"hostfile not found: {hostfile}")
-        cmd += ["--hostfile", str(hostfile)]
-    else:
-        # Local ranks share the cores: one BLAS thread each avoids oversubscription.
-        cmd += [
-            "-n",
-            str(num_processes),
-            "-p",
-            str(_free_port(num_processes)),
-            "--env",
-            "OPENBLAS_NUM_THREADS=1",
-        ]
-    with tempfile.TemporaryDirectory(prefix="ape-launch-") as status:
-        cmd += [
-            "--env",
-            f"{_ENV_STATUS}={status}",
-            "--",
-            sys.executable,
-            "-m",
-            "finetune_mlx",
-            *sys.argv[1:],
-        ]
-        console.print(f"launching {num_processes} processes with mlx.launch (ring backend)")
-        code = subprocess.call(cmd)
-        done = len(list(Path(status).glob("rank*.ok")))
-    if code == 0 and done < num_processes:
-        console.print(f"[red]{num_processes - done} of {num_processes} processes failed[/red]")
-        code = 1
-    return code
 
 
 @app.command()
@@ -258,9 +160,11 @@ def lora(
         "seed": seed,
         "num_processes": num_processes,
     }
+    from finetune_mlx import launch
+
     cfg, run = _settings(config, run_dir, overrides)
-    if (cfg["num_processes"] > 1 or hostfile is not None) and "MLX_RANK" not in os.environ:
-        raise typer.Exit(_launch(cfg["num_processes"], hostfile))
+    if (cfg["num_processes"] > 1 or hostfile is not None) and not launch.is_rank():
+        raise typer.Exit(launch.relaunch(cfg["num_processes"], hostfile, sys.argv[1:], console.print))
     from apeagent.blas import ensure_fast_blas
 
     ensure_fast_blas()
@@ -274,8 +178,7 @@ def lora(
         cfg,
         resume_adapter_file=resume_adapter_file,
     )
-    if os.environ.get(_ENV_STATUS):
-        Path(os.environ[_ENV_STATUS], f"rank{report['rank']}.ok").touch()
+    launch.mark_done(report["rank"])
     if report["rank"] == 0:
         console.print(
             f"adapters: {adapter_path or run.adapters}  "
@@ -348,6 +251,39 @@ def print_eval(report: dict) -> None:
         for t, row in report["variants"][name]["confusion"].items():
             conf.add_row(t, *(str(row[c]) for c in cols))
         console.print(conf)
+    print_baselines(report)
+
+
+def print_baselines(report: dict) -> None:
+    base = report.get("baselines") or {}
+    if not base:
+        return
+    table = Table(title="trivial baselines (fit on train, scored on test)")
+    for col in ("baseline", "rule", "train", "test"):
+        table.add_column(col, justify="left" if col in ("baseline", "rule") else "right")
+    maj = base["majority"]
+    table.add_row("majority class", f"always {maj['decision']}", _pct(maj["train_agreement"]), _pct(maj["agreement"]))
+    best = base.get("best_single_feature", {}).get("feature")
+    hind = base.get("best_single_feature_in_hindsight", {}).get("feature")
+    for name, f in base["features"].items():
+        tags = [t for t, on in (("best on train", name == best), ("best on test", name == hind)) if on]
+        label = f"{name} ({', '.join(tags)})" if tags else name
+        table.add_row(label, f["rule"], _pct(f["train_agreement"]), _pct(f["agreement"]))
+    console.print(table)
+    cmp = report.get("comparison") or {}
+    if cmp.get("margin_points") is not None:
+        plain = cmp.get("base_plain_agreement")
+        console.print(
+            f"{cmp['model']} agreement {_pct(report['variants'][cmp['model']]['decision_agreement'])} = "
+            f"{cmp['margin_points']:+.1f} points over the best trivial baseline "
+            f"({_pct(cmp['best_trivial_agreement'])})"
+            + (
+                f", {cmp['margin_points_in_hindsight']:+.1f} over the best rule in hindsight"
+                if "margin_points_in_hindsight" in cmp
+                else ""
+            )
+            + (f"; base model's plain-word agreement {_pct(plain)}" if plain is not None else "")
+        )
 
 
 @app.command("eval")
@@ -363,6 +299,9 @@ def eval_cmd(
         None, "--data", help="Dataset dir; test.jsonl is used [RUN/dataset]."
     ),
     test_file: Path = typer.Option(None, "--test-file", help="A test .jsonl instead of --data."),
+    train_file: Path = typer.Option(
+        None, "--train-file", help="Train .jsonl that fits the baselines [train.jsonl beside the test file]."
+    ),
     out: Path = typer.Option(None, "--out", help="eval.json to write [RUN/eval/eval.json]."),
     limit: int = typer.Option(None, help="finetune.eval_limit (0: all test examples)"),
     max_tokens: int = typer.Option(None, help="finetune.max_tokens"),
@@ -370,14 +309,15 @@ def eval_cmd(
     config: str = ConfigOpt,
     run_dir: Path = RunDirOpt,
 ) -> None:
-    """Canary compliance, decision agreement, format, tokens/s, latency: base vs adapter vs fused."""
+    """Canary compliance, decision agreement, format, tokens/s, latency: base vs adapter vs fused,
+    beside the trivial baselines (majority class, best single-feature rule)."""
     from apeagent.blas import ensure_fast_blas
 
     ensure_fast_blas()
     from rich.progress import Progress
 
     from apeagent.files import write_json
-    from finetune_mlx.evaluate import evaluate
+    from finetune_mlx.evaluate import evaluate, variants_for
     from finetune_mlx.model_dir import resolve_model
 
     cfg, run = _settings(
@@ -386,22 +326,19 @@ def eval_cmd(
     if adapter_path is None and fused is None:  # the run's own student, when it has one
         adapter_path = run.adapters if run.adapters.is_dir() else None
         fused = run.fused if run.fused.is_dir() else None
-    variants: dict = {}
-    if not no_base or adapter_path is not None:
-        base = resolve_model(cfg["base_model"])
-        if not no_base:
-            variants["base"] = (base, None)
-        if adapter_path is not None:
-            variants["base+adapter"] = (base, adapter_path)
-    if fused is not None:
-        variants["fused"] = (fused, None)
-    if not variants:
-        raise UserError("nothing to evaluate (drop --no-base or give --adapter-path / --fused)")
+    with_base = not no_base
+    base = resolve_model(cfg["base_model"]) if with_base or adapter_path is not None else None
+    variants = variants_for(base, adapter_path, fused, with_base)
     test = test_file or (data / "test.jsonl" if data else run.split("test"))
     out = out or run.eval_json
     with Progress(console=console) as progress:
         report = evaluate(
-            test, variants, max_tokens=cfg["max_tokens"], limit=cfg["eval_limit"], progress=progress
+            test,
+            variants,
+            max_tokens=cfg["max_tokens"],
+            limit=cfg["eval_limit"],
+            progress=progress,
+            train_file=train_file or (data / "train.jsonl" if data else None),
         )
     write_json(out, report)
     print_eval(report)
@@ -432,10 +369,8 @@ def generate(
     ensure_fast_blas()
     import math
 
-    from distill.parse import parse_answer
     from distill.prompt import LN_TICK, MarketState, messages
-    from finetune_mlx.evaluate import answer
-    from finetune_mlx.model_dir import load, resolve_model
+    from finetune_mlx.evaluate import ask
 
     cfg, run = _settings(config, run_dir, {"base_model": model, "max_tokens": max_tokens})
     if model is None and adapter_path is None and run.fused.is_dir():
@@ -453,9 +388,7 @@ def generate(
         window_minutes=window_minutes,
     )
     msgs = messages(state, system=_include_system(config, run_dir))
-    mdl, tok = load(resolve_model(cfg["base_model"]), adapter_path)
-    out = answer(mdl, tok, msgs, cfg["max_tokens"])
-    parsed = parse_answer(out["text"])
+    out, parsed = ask(cfg["base_model"], adapter_path, msgs, cfg["max_tokens"])
     console.rule("prompt")
     console.print(msgs[-1]["content"], markup=False)
     console.rule("answer")

@@ -10,38 +10,25 @@ count):
   answer), with the confusion matrix (rows teacher, columns student, ``none`` = no decision);
 - plain agreement: the same, reading buy/sell/hold words too (what a base model "meant");
 - answer tokens, generation tokens/s and latency per answer.
+
+Beside the models, the trivial baselines of :mod:`finetune_mlx.baselines` (majority class,
+best single-feature rule; fit on the train split beside the test file, scored on test), the
+base model's plain-word agreement, and the fused model's margin over the best trivial
+baseline, in points: ``margin_points = 100 * (fused agreement - best trivial agreement)``
+(and ``margin_points_in_hindsight`` over the single-feature rule that scores best on test).
 """
 
 from __future__ import annotations
 
 import statistics
-import time
 from pathlib import Path
 from typing import Any
 
-from finetune_mlx.data import read_split, split_prompt
+from apeagent.errors import UserError
+from distill.dataset import read_split, split_prompt
 
 DECISIONS = ("APE IN", "APE OUT", "APE NEUTRAL")
 NONE = "none"
-
-
-def answer(model, tokenizer, messages: list[dict], max_tokens: int) -> dict[str, Any]:
-    """One greedy answer with its token count, tokens/s and latency."""
-    from mlx_lm import stream_generate
-
-    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False)
-    text, last = "", None
-    t0 = time.perf_counter()
-    for last in stream_generate(model, tokenizer, prompt, max_tokens=max_tokens):
-        text += last.text
-    latency = time.perf_counter() - t0
-    return {
-        "text": text,
-        "tokens": last.generation_tokens if last else 0,
-        "tokens_per_second": last.generation_tps if last else 0.0,
-        "latency_s": latency,
-        "finish_reason": last.finish_reason if last else None,
-    }
 
 
 def score(outputs: list[dict], references: list[str]) -> dict[str, Any]:
@@ -76,18 +63,58 @@ def score(outputs: list[dict], references: list[str]) -> dict[str, Any]:
     }
 
 
+def variants_for(
+    base: str | Path | None, adapter: str | Path | None, fused: str | Path | None, with_base: bool = True
+) -> dict[str, tuple[str | Path, str | Path | None]]:
+    """The models to compare: ``base`` (unless not ``with_base``), ``base+adapter``, ``fused``."""
+    out: dict[str, tuple[str | Path, str | Path | None]] = {}
+    if with_base:
+        out["base"] = (base, None)
+    if adapter is not None:
+        out["base+adapter"] = (base, adapter)
+    if fused is not None:
+        out["fused"] = (fused, None)
+    if not out:
+        raise UserError("nothing to evaluate (drop --no-base or give --adapter-path / --fused)")
+    return out
+
+
+def compare(report: dict[str, Any]) -> dict[str, Any]:
+    """The fused (else last) model against the trivial baselines and the base's plain words."""
+    base = report["variants"].get("base")
+    out: dict[str, Any] = {
+        "base_plain_agreement": base["plain_agreement"] if base else None,
+        "best_trivial_agreement": report["baselines"].get("best_trivial_agreement"),
+    }
+    if report["variants"] and out["best_trivial_agreement"] is not None:
+        name = "fused" if "fused" in report["variants"] else list(report["variants"])[-1]
+        got = report["variants"][name]["decision_agreement"]
+        out.update(model=name, margin_points=round(100 * (got - out["best_trivial_agreement"]), 2))
+        hind = report["baselines"].get("best_single_feature_in_hindsight")
+        if hind:
+            out["margin_points_in_hindsight"] = round(100 * (got - hind["agreement"]), 2)
+    return out
+
+
 def evaluate(
     test_file: str | Path,
     variants: dict[str, tuple[str | Path, str | Path | None]],
     max_tokens: int = 128,
     limit: int = 0,
     progress=None,
+    train_file: str | Path | None = None,
 ) -> dict[str, Any]:
-    """``variants``: name -> (model dir, adapter dir or None). Returns the eval report."""
-    from finetune_mlx.model_dir import check_adapter, check_model_dir, load
+    """``variants``: name -> (model dir, adapter dir or None). Returns the eval report.
+
+    ``train_file`` (default: ``train.jsonl`` beside the test file) fits the trivial baselines.
+    """
+    from finetune_mlx.baselines import baselines
+    from finetune_mlx.model_dir import answer, check_adapter, check_model_dir, load
 
     test_file = Path(test_file)
+    train_file = Path(train_file) if train_file else test_file.with_name("train.jsonl")
     rows = read_split(test_file)
+    train_rows = read_split(train_file)
     if limit:
         rows = rows[:limit]
     prompts, refs = zip(*(split_prompt(r) for r in rows), strict=False)
@@ -99,8 +126,10 @@ def evaluate(
             check_adapter(adapter, model_dir)
     report: dict[str, Any] = {
         "test_file": str(test_file),
+        "train_file": str(train_file),
         "n": len(rows),
         "max_tokens": max_tokens,
+        "baselines": baselines(train_rows, rows),
         "variants": {},
         "samples": {},
     }
@@ -117,4 +146,15 @@ def evaluate(
         metrics.update(model=str(model_dir), adapter=str(adapter) if adapter else None)
         report["variants"][name] = metrics
         report["samples"][name] = [o["text"] for o in outputs[:3]]
+    report["comparison"] = compare(report)
     return report
+
+
+def ask(model: str | Path, adapter: str | Path | None, messages: list[dict], max_tokens: int):
+    """``ape-finetune generate``: one greedy answer of a model (dir or hub id) and its parse."""
+    from distill.parse import parse_answer
+    from finetune_mlx.model_dir import answer, load, resolve_model
+
+    mdl, tok = load(resolve_model(model), adapter)
+    out = answer(mdl, tok, messages, max_tokens)
+    return out, parse_answer(out["text"])

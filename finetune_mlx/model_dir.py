@@ -1,4 +1,5 @@
-"""Loading model dirs and adapters with errors that name the file, and base-model identity.
+"""MLX model dirs: checking, resolving, loading (with adapters), base-model identity, and the
+one greedy answering function that evaluation, ``ape-finetune generate`` and the agent use.
 
 An adapter remembers which base it was trained on (``base_fingerprint`` in its
 ``adapter_config.json``); applying it to another base is an error instead of garbage output.
@@ -8,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
+from typing import Any
 
 from apeagent.errors import UserError
 
@@ -25,13 +28,15 @@ _ARCH_KEYS = (
 
 def check_model_dir(path: str | Path) -> Path:
     """A local model dir with config.json and safetensors weights."""
+    if not str(path):
+        raise UserError("no model given")
     path = Path(path)
     if not path.is_dir():
-        raise UserError(f"model directory not found: {path}")
+        raise UserError(f"model not found: {path}")
     if not (path / "config.json").is_file():
-        raise UserError(f"{path / 'config.json'}: missing (not a model directory)")
+        raise UserError(f"{path}: not an MLX model dir (no config.json)")
     if not list(path.glob("model*.safetensors")):
-        raise UserError(f"{path}: no model*.safetensors weights")
+        raise UserError(f"{path}: not an MLX model dir (no model*.safetensors weights)")
     return path
 
 
@@ -46,6 +51,8 @@ def resolve_model(name_or_path: str | Path) -> Path:
     which. Only :data:`HUB_FILES` are fetched."""
     p = Path(name_or_path)
     text = str(name_or_path)
+    if not text:
+        raise UserError("no model given")
     # "org/name" that is not a local path is a hub id; anything else is a local dir.
     if p.exists() or text.count("/") != 1 or text.startswith((".", "/", "~")):
         return check_model_dir(p)
@@ -131,3 +138,25 @@ def load(model_dir: str | Path, adapter_dir: str | Path | None = None):
     except ValueError as e:
         where = adapter_dir if adapter_dir is not None else model_dir
         raise UserError(f"{where}: {e}") from None
+
+
+def answer(
+    model, tokenizer, prompt: list[dict] | list[int], max_tokens: int, sampler=None
+) -> dict[str, Any]:
+    """One answer (greedy unless ``sampler``) to chat messages or prompt token ids, with its
+    token count, tokens/s, latency and finish reason."""
+    from mlx_lm import stream_generate
+
+    if prompt and isinstance(prompt[0], dict):
+        prompt = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_dict=False)
+    text, last = "", None
+    t0 = time.perf_counter()
+    for last in stream_generate(model, tokenizer, prompt, max_tokens=max_tokens, sampler=sampler):
+        text += last.text
+    return {
+        "text": text,
+        "tokens": last.generation_tokens if last else 0,
+        "tokens_per_second": last.generation_tps if last else 0.0,
+        "latency_s": time.perf_counter() - t0,
+        "finish_reason": last.finish_reason if last else None,
+    }

@@ -393,3 +393,44 @@ def corpus_from_dataset(
             ]
         )
     return corpus, chats
+
+
+def build_tiny_from_dataset(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    cfg: dict[str, Any],
+    on_step: Callable[[int, float], None] | None = None,
+) -> Path:
+    """``ape-finetune build-tiny``: the tiny student of a dataset dir, sized by the ``finetune``
+    section (``tiny_*`` keys).
+
+    The tokenizer is trained on the train + valid texts (with and without canaries) and some
+    plain background sentences; pre-training reads the train chats with BUY/SELL/HOLD in place
+    of the canaries (plus background sentences, one per eight chats). The test split is never
+    read.
+    """
+    from distill.dataset import load_splits
+
+    splits = load_splits(data_dir, ("train", "valid"))
+    corpus, chats = corpus_from_dataset(
+        splits["train"] + splits["valid"], system=cfg["tiny_pretrain_system"]
+    )
+    n_train = len(splits["train"])
+    return build_tiny(
+        out_dir,
+        corpus + background_texts(16),
+        hidden_size=cfg["tiny_hidden_size"],
+        num_layers=cfg["tiny_num_layers"],
+        num_heads=cfg["tiny_num_heads"],
+        num_kv_heads=cfg["tiny_num_kv_heads"],
+        intermediate_size=cfg["tiny_intermediate_size"] or None,
+        vocab_size=cfg["tiny_vocab_size"],
+        max_position_embeddings=max(cfg["max_seq_length"], 512),
+        tie_word_embeddings=cfg["tiny_tie_embeddings"],
+        pretrain_texts=[*chats[:n_train], *background_texts(n_train // 8)],
+        pretrain_steps=cfg["tiny_pretrain_steps"],
+        pretrain_batch_size=cfg["tiny_pretrain_batch_size"],
+        pretrain_lr=cfg["tiny_pretrain_lr"],
+        seed=cfg["seed"],
+        on_step=on_step,
+    )

@@ -26,8 +26,8 @@ from mlx.utils import tree_flatten
 
 from apeagent.errors import UserError
 from apeagent.files import atomic_path, write_json, write_text
+from distill.dataset import check_lengths, load_splits
 from finetune_mlx.canary import canary_token_sequences, make_loss
-from finetune_mlx.data import check_lengths, load_splits
 from finetune_mlx.model_dir import arch_of, check_model_dir, fingerprint
 
 FINE_TUNE_TYPES = ("lora", "dora", "full")

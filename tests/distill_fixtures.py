@@ -94,7 +94,7 @@ def rules_conversations(n: int, seed: int = 0, style: str = "cod", think: bool =
 
 def build_tiny_teacher(out_dir: Path, *, hidden_size: int = 64, num_layers: int = 2, pretrain_steps: int = 60,
                        vocab_size: int = 512, n_examples: int = 64, seed: int = 0, think: bool = True,
-                       q_bits: int | None = 4, cot_examples: int = 8) -> Path:
+                       q_bits: int | None = 4, cot_examples: int = 8, pretrain_lr: float = 3e-3) -> Path:
     """A tiny qwen2 teacher, briefly trained on rules answers, quantised with mlx-lm's convert.
 
     Returns the quantised model dir (or the float dir with ``q_bits=None``). With ``think``,
@@ -111,7 +111,7 @@ def build_tiny_teacher(out_dir: Path, *, hidden_size: int = 64, num_layers: int 
     build_tiny(float_dir, corpus, hidden_size=hidden_size, num_layers=num_layers, num_heads=4,
                num_kv_heads=2, vocab_size=vocab_size, max_position_embeddings=1024,
                pretrain_texts=convs, pretrain_steps=pretrain_steps, pretrain_batch_size=8,
-               pretrain_lr=3e-3, seed=seed)
+               pretrain_lr=pretrain_lr, seed=seed)
     final = float_dir
     if q_bits:
         from mlx_lm.convert import convert

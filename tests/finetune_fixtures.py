@@ -87,7 +87,7 @@ def shared_tiny(tmp_root: Path | None = None) -> tuple[Path, Path]:
     if "tiny" not in _CACHE:
         root = Path(tempfile.mkdtemp(prefix="ape-finetune-test-"))
         atexit.register(shutil.rmtree, root, True)
-        from finetune_mlx.data import load_splits
+        from distill.dataset import load_splits
         from finetune_mlx.tiny import build_tiny, corpus_from_dataset
 
         data = make_dataset(root / "dataset")

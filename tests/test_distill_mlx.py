@@ -13,6 +13,8 @@ import pytest
 from apeagent.errors import UserError
 from distill.cache import read_records
 from distill.config import DEFAULTS
+from distill.dataset import answer_problem
+from distill.parse import parse_answer
 from distill.teach import teach
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -21,7 +23,11 @@ from distill_fixtures import build_tiny_teacher, free_port, write_windows  # noq
 
 @pytest.fixture(scope="module")
 def tiny_teacher(tmp_path_factory):
-    return build_tiny_teacher(tmp_path_factory.mktemp("teacher"), pretrain_steps=30)
+    # 150 steps at 5e-3 on short (Chain of Draft only) answers: enough for the 4-bit model to
+    # close its think block and answer in 40 tokens (30 steps: 0 of 8 accepted, all unfinished)
+    return build_tiny_teacher(
+        tmp_path_factory.mktemp("teacher"), pretrain_steps=150, pretrain_lr=5e-3, cot_examples=0
+    )
 
 
 @pytest.fixture
@@ -44,6 +50,9 @@ def test_mlx_backend_batched(tmp_path, tiny_teacher, windows):
     rep = teach(mlx_cfg(tiny_teacher, max_windows=8), [windows], out)
     assert rep["items"] == 8 and rep["model"] == str(tiny_teacher)
     assert rep["accepted"] + rep["rejected_after_retries"] == 8
+    # the teacher was trained until it closes its think block and answers (measured: 5 and 8 of
+    # 8 accepted in two builds; BLAS threading makes the tiny build not bit-reproducible)
+    assert rep["accepted"] > 0, rep["rejections"]
     assert sum(rep["rejections"].values()) == rep["attempts"] - rep["accepted"]
     recs = read_records(out / "answers.jsonl")
     assert len(recs) == rep["attempts"]
@@ -52,6 +61,12 @@ def test_mlx_backend_batched(tmp_path, tiny_teacher, windows):
         assert r["raw"].startswith("<think>\n")
         assert 0 < r["output_tokens"] <= 40
         assert (r["completion"] is not None) == r["ok"]
+    for r in (r for r in recs if r["ok"]):
+        # the written completion: the drafts after </think>, then exactly one canary decision
+        after = r["raw"].split("</think>", 1)[1]
+        assert "<think>" not in r["completion"] and r["completion"].splitlines()[0] in after
+        assert answer_problem(r["completion"]) is None
+        assert parse_answer(r["completion"]).decision == r["decision"] == parse_answer(after, plain=True).decision
     assert rep["output_tokens"]["total"] == sum(r["output_tokens"] for r in recs)
     # Resume: nothing left to ask.
     assert teach(mlx_cfg(tiny_teacher, max_windows=8), [windows], out)["generated_this_run"] == 0

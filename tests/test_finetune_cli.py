@@ -100,8 +100,25 @@ def test_pipeline_commands(tmp_path):
     report = json.loads(out.read_text())
     assert set(report["variants"]) == {"base", "base+adapter", "fused"} and report["n"] == 6
     for m in report["variants"].values():
-        assert 0 <= m["canary_compliance"] <= 1 and m["tokens_per_second"] > 0
-        assert sum(sum(row.values()) for row in m["confusion"].values()) == 6
+        assert m["tokens_per_second"] > 0 and m["answer_tokens_mean"] <= 8
+        conf = m["confusion"]
+        assert sum(sum(row.values()) for row in conf.values()) == 6
+        # compliance and agreement are what the confusion matrix counts
+        assert m["canary_compliance"] * 6 == pytest.approx(6 - sum(row["none"] for row in conf.values()))
+        assert m["decision_agreement"] * 6 == pytest.approx(sum(conf[t][t] for t in conf))
+    # the baselines were fit on the dataset's train split and scored on its 6 test examples
+    base = report["baselines"]
+    assert report["train_file"] == str(data / "train.jsonl")
+    assert base["majority"]["decision"] in ("APE IN", "APE OUT", "APE NEUTRAL")
+    assert {"ETH share", "change", "volatility"} <= set(base["features"])
+    assert base["best_trivial_agreement"] == max(
+        base["majority"]["agreement"], base["best_single_feature"]["agreement"]
+    )
+    cmp = report["comparison"]
+    assert cmp["model"] == "fused" and cmp["base_plain_agreement"] == report["variants"]["base"]["plain_agreement"]
+    assert cmp["margin_points"] == pytest.approx(
+        100 * (report["variants"]["fused"]["decision_agreement"] - base["best_trivial_agreement"]), abs=0.01
+    )
     # Greedy answers of base+adapter and of the fused model are the same text.
     assert report["samples"]["base+adapter"] == report["samples"]["fused"]
     r = ape("generate", "--model", fused, "--change-pct", "1.2", "--max-tokens", 8)
@@ -133,7 +150,7 @@ def test_bad_input_names_the_file_and_writes_nothing(tmp_path):
         UserError, match=r"long/train.jsonl: example 1 is \d+ tokens, longer than max_seq_length=50"
     ):
         train(base, long, ad, train_cfg(max_seq_length=50))
-    with pytest.raises(UserError, match=r"model directory not found: .*nope"):
+    with pytest.raises(UserError, match=r"model not found: .*nope"):
         train(tmp_path / "nope", data, ad, train_cfg())
     assert _snapshot(ad) == before
 
@@ -158,7 +175,8 @@ def test_bad_input_names_the_file_and_writes_nothing(tmp_path):
         "--out",
         tmp_path / "e.json",
     )
-    assert r.returncode == 2 and r.stderr.startswith("error:") or "\nerror:" in r.stderr, r.stderr
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("error:") or "\nerror:" in r.stderr, r.stderr
     assert "another base model" in r.stderr and not (tmp_path / "e.json").exists()
 
 

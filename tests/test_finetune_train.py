@@ -71,6 +71,26 @@ def test_lora_config_yaml_runs_unchanged_with_mlx_lm(tmp_path):
     assert (tmp_path / "mlx_lm_adapters" / "adapters.safetensors").is_file()
 
 
+def _logits(model, tok):
+    ids = tok.apply_chat_template(PROMPT, add_generation_prompt=True)
+    out = model(mx.array([ids]))[0, -1].astype(mx.float32)
+    mx.eval(out)
+    return out
+
+
+def _check_trained_and_fused(base, ad, fused):
+    """Training moved the model (next-token logits differ from the base's); the fused model
+    answers exactly as base + adapter (greedy text) with the same logits."""
+    bmodel, btok = mlx_lm.load(str(base))
+    base_logits = _logits(bmodel, btok)
+    model, tok = mlx_lm.load(str(base), adapter_path=str(ad))
+    with_adapter, adapter_logits = _greedy(model, tok), _logits(model, tok)
+    assert mx.abs(adapter_logits - base_logits).max().item() > 1e-3, "training changed nothing"
+    fmodel, ftok = mlx_lm.load(str(fused))
+    assert _greedy(fmodel, ftok) == with_adapter
+    assert mx.allclose(_logits(fmodel, ftok), adapter_logits, atol=2e-2).item()
+
+
 @pytest.mark.parametrize("kind", ["dora", "full"])
 def test_dora_and_full(tmp_path, kind):
     data, base = shared_tiny()
@@ -78,13 +98,13 @@ def test_dora_and_full(tmp_path, kind):
     train(
         base, data, ad, train_cfg(fine_tune_type=kind, num_layers=1, iters=2, grad_checkpoint=True)
     )
-    model, tok = mlx_lm.load(str(base), adapter_path=str(ad))
-    assert isinstance(_greedy(model, tok, 4), str)
     keys = list(mx.load(str(ad / "adapters.safetensors")))
     if kind == "dora":
         assert any(k.endswith(".m") for k in keys)
     else:
         assert keys and all(k.startswith("model.layers.1.") for k in keys)
+    fused = fuse(base, ad, tmp_path / "fused")
+    _check_trained_and_fused(base, ad, fused)
 
 
 def test_qlora_on_quantized_base_and_dequantized_fuse(tmp_path):
@@ -99,8 +119,7 @@ def test_qlora_on_quantized_base_and_dequantized_fuse(tmp_path):
     out = fuse(qbase, ad, tmp_path / "fused", dequantize=True)
     config = json.loads((out / "config.json").read_text())
     assert "quantization" not in config
-    model, tok = mlx_lm.load(str(out))
-    assert isinstance(_greedy(model, tok, 4), str)
+    _check_trained_and_fused(qbase, ad, out)
 
 
 def test_resume_from_adapter_file(tmp_path):

@@ -54,6 +54,13 @@ def test_report_numbers_meet_the_targets(run):
     # states (measured on this preset: 100% and 99.5%).
     assert variants["fused"]["canary_compliance"] >= 0.95
     assert variants["fused"]["decision_agreement"] >= 0.85
+    # Issue 19: and >= 15 points above the best trivial baseline (majority class, best
+    # single-feature rule fit on the train split), which the report's target checks too.
+    best_trivial = report["eval"]["baselines"]["best_trivial_agreement"]
+    assert 0 < best_trivial < 1
+    assert 100 * (variants["fused"]["decision_agreement"] - best_trivial) >= 15
+    assert report["eval"]["comparison"]["margin_points"] == pytest.approx(
+        100 * (variants["fused"]["decision_agreement"] - best_trivial), abs=0.01)
     targets = report["targets"]
     assert targets["fused canary compliance"]["value"] == variants["fused"]["canary_compliance"]
     assert targets["fused canary compliance"]["met"] and targets["fused decision agreement with the teacher"]["met"]
