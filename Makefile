@@ -25,7 +25,9 @@ ifeq ($(UNAME_S)-$(UNAME_M),Linux-x86_64)
 	@# the CPU build; a bare "torch" here can pull a multi-GB CUDA build
 	$(BIN)/python -m pip install -q torch==2.13.0
 endif
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	@# .[gguf] is llama-cpp-python: built from source once (about 5 min on 2 cores), then pip's
+	@# wheel cache installs it in seconds
+	$(BIN)/python -m pip install -q -e '.[dev,gguf]'
 	@bash scripts/install_openblas.sh
 	@touch $(STAMP)
 

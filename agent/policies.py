@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from apeagent.errors import UserError
 from distill.parse import APE_IN, APE_NEUTRAL, APE_OUT, parse_answer

@@ -14,6 +14,7 @@ what the pipeline put there.
     R/teacher/                    answers.jsonl, teacher_report.json (distill teach)
     R/dataset/                    train/valid/test.jsonl, dataset_report.json (distill dataset)
     R/student/base|adapters|fused the student (finetune build-tiny, lora, fuse)
+    R/student/gguf/               GGUF exports (finetune export-gguf, recipe)
     R/eval/eval.json              canary evaluation (finetune eval)
     R/backtest/                   backtest.json, decisions.jsonl, equity.png (agent backtest)
     R/agent/journal.jsonl         paper / live trading journal (agent trade)
@@ -150,6 +151,11 @@ class RunLayout:
     @property
     def fused(self) -> Path:
         return self.root / "student" / "fused"
+
+    @property
+    def gguf(self) -> Path:
+        """GGUF exports of the fused student (``ape-finetune recipe`` points here)."""
+        return self.root / "student" / "gguf"
 
     @property
     def eval_json(self) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -426,22 +427,46 @@ def export_hf_cmd(
 def export_gguf_cmd(
     model: Path = typer.Option(..., "--model", "-m", help="MLX model dir (fused, possibly quantized)"),
     out: Path = typer.Option(..., "--out", "-o", help="output .gguf file; the Modelfile goes beside it"),
-    outtype: str = typer.Option("f16", help="f16 | bf16 | f32"),
+    outtype: str = typer.Option("f16", help="f16 | bf16 | f32 (with --quant: the unquantised tensors' type)"),
+    quant: str | None = typer.Option(
+        None, help="q8_0 | q5_1 | q5_0 | q4_1 | q4_0 (gguf) | q6_k | q5_k_m | q5_k_s | q4_k_m | "
+        "q4_k_s | q3_k_l | q3_k_m | q3_k_s | q2_k (llama.cpp's quantizer: the gguf extra)"),
     name: str | None = typer.Option(None, help="general.name (default: model dir name)"),
     system: str | None = typer.Option(None, help="SYSTEM prompt for the Modelfile"),
     system_from: Path | None = typer.Option(None, help="take SYSTEM from this dataset dir / .jsonl"),
     num_ctx: int | None = typer.Option(None, help="Modelfile num_ctx (default min(context, 4096))"),
 ) -> None:
-    """MLX model -> qwen2 GGUF (llama.cpp, Ollama) + an Ollama Modelfile."""
+    """MLX model -> qwen2 GGUF (llama.cpp, Ollama), optionally quantised, + an Ollama Modelfile."""
     from apeagent.blas import ensure_fast_blas
 
     ensure_fast_blas()
-    from finetune_mlx.export_gguf import dataset_system_prompt, export_gguf
+    from finetune_mlx.export_gguf import INFO_FILE, dataset_system_prompt, export_gguf
 
     if system is None and system_from is not None:
         system = dataset_system_prompt(system_from)
-    path = export_gguf(model, out, outtype, name=name, system=system, num_ctx=num_ctx)
-    console.print(f"wrote {path} and {path.parent / 'Modelfile'}")
+    path = export_gguf(model, out, outtype, quant=quant, name=name, system=system, num_ctx=num_ctx)
+    info = json.loads((path.parent / INFO_FILE).read_text())
+    print(f"wrote {path} ({info['size_mib']:.2f} MiB, {info['file_type']}), "
+          f"{path.parent / 'Modelfile'} and {path.parent / INFO_FILE}\n{info['summary']}")
+
+
+@app.command()
+def recipe(
+    run_dir: Path = typer.Argument(None, help="The run [run.run_dir of --config]."),
+    config: str = typer.Option(
+        None, "--config", "-c", help="Preset or YAML [RUN_DIR/config.yaml, else tiny]."
+    ),
+    quant: str = typer.Option("q4_k_m", help="GGUF quant for Ollama (export-gguf --quant)."),
+    model_name: str = typer.Option("ape-student", help="Ollama model name."),
+    port: int = typer.Option(8080, help="mlx_lm.server port."),
+) -> None:
+    """Print the commands that ask this run's fused student a trading question with stock tools."""
+    from finetune_mlx.recipe import recipe_for_run
+
+    text, warnings = recipe_for_run(run_dir, config, quant=quant, model_name=model_name, port=port)
+    for w in warnings:
+        print(f"note: {w}", file=sys.stderr)
+    print(text, end="")
 
 
 def main() -> None:

@@ -13,18 +13,29 @@ MLX model (which llama.cpp's converter cannot read) is dequantized first:
   tokens (padded with ``[PADn]`` to the embedding rows), token types, merges, special ids, the
   chat template.
 
+Quantised files (``quant``): Q8_0, Q5_1, Q5_0, Q4_1 and Q4_0 are written by the ``gguf``
+package itself (``gguf.quants.quantize``: every matrix in that type, as ``convert_hf_to_gguf.py
+--outtype q8_0`` does); the K-quants (Q4_K_M, Ollama's default, and the others) by llama.cpp's
+own quantizer (``llama_model_quantize`` from llama-cpp-python, the ``gguf`` extra) applied to a
+float GGUF written first. llama.cpp picks a type per tensor and falls back to a legacy type
+for a tensor whose rows are not a multiple of 256 (the K-quant block); ``export_info.json``
+beside the file names the types it holds, each fallback, the size and bits per weight.
+
 The ``Modelfile`` beside the ``.gguf`` (``ollama create NAME -f Modelfile``) carries the
 ChatML template, the stop tokens and greedy decoding, the way the canary evaluation decodes.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
+import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from apeagent.errors import UserError
-from apeagent.files import atomic_path, write_text
+from apeagent.files import atomic_path, write_json, write_text
 from finetune_mlx.export_hf import float_weights, read_config
 
 # name -> (GGMLQuantizationType name, LlamaFileType name)
@@ -34,6 +45,27 @@ OUTTYPES = {
     "f32": ("F32", "ALL_F32"),
 }
 _ALIASES = {"float16": "f16", "fp16": "f16", "bfloat16": "bf16", "float32": "f32", "fp32": "f32"}
+
+# --quant name -> (quantizer, LlamaFileType name). "gguf": every matrix in the GGML type of the
+# same name, written here; "llama.cpp": llama.cpp's per-tensor mix for that file type.
+QUANTS = {
+    "q8_0": ("gguf", "MOSTLY_Q8_0"),
+    "q5_1": ("gguf", "MOSTLY_Q5_1"),
+    "q5_0": ("gguf", "MOSTLY_Q5_0"),
+    "q4_1": ("gguf", "MOSTLY_Q4_1"),
+    "q4_0": ("gguf", "MOSTLY_Q4_0"),
+    "q6_k": ("llama.cpp", "MOSTLY_Q6_K"),
+    "q5_k_m": ("llama.cpp", "MOSTLY_Q5_K_M"),
+    "q5_k_s": ("llama.cpp", "MOSTLY_Q5_K_S"),
+    "q4_k_m": ("llama.cpp", "MOSTLY_Q4_K_M"),
+    "q4_k_s": ("llama.cpp", "MOSTLY_Q4_K_S"),
+    "q3_k_l": ("llama.cpp", "MOSTLY_Q3_K_L"),
+    "q3_k_m": ("llama.cpp", "MOSTLY_Q3_K_M"),
+    "q3_k_s": ("llama.cpp", "MOSTLY_Q3_K_S"),
+    "q2_k": ("llama.cpp", "MOSTLY_Q2_K"),
+}
+K_TYPES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K")
+INFO_FILE = "export_info.json"
 
 IM_START, IM_END, EOT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
 
@@ -53,7 +85,17 @@ OLLAMA_CHATML = (
 def canonical_outtype(outtype: str) -> str:
     name = _ALIASES.get(str(outtype).lower(), str(outtype).lower())
     if name not in OUTTYPES:
-        raise UserError(f"unknown GGUF type {outtype!r}: use one of {', '.join(OUTTYPES)}")
+        raise UserError(f"unknown GGUF type {outtype!r}: use one of {', '.join(OUTTYPES)} "
+                        "(quantised files: --quant, e.g. q8_0 or q4_k_m)")
+    return name
+
+
+def canonical_quant(quant: str | None) -> str | None:
+    if quant is None:
+        return None
+    name = str(quant).lower().replace("-", "_")
+    if name not in QUANTS:
+        raise UserError(f"unknown GGUF quant {quant!r}: use one of {', '.join(QUANTS)}")
     return name
 
 
@@ -143,31 +185,56 @@ def _add_hparams(writer, config: dict[str, Any], name: str, ftype: int) -> None:
             raise UserError(f"config.json: rope_scaling type {kind!r} has no GGUF equivalent here")
 
 
-def _tensor_plan(weights: dict[str, Any], n_layers: int, outtype: str):
-    """(gguf name, mx.array, GGML type name) per tensor, in llama.cpp's order."""
+def _tensor_plan(weights: dict[str, Any], n_layers: int, outtype: str, qtype: str | None):
+    """(gguf name, mx.array, GGML type name) per tensor, in llama.cpp's order, and the
+    matrices whose rows do not fit ``qtype``'s blocks (kept in ``outtype`` instead)."""
     import gguf
 
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN2, n_layers)
-    plan = []
+    plan, fallbacks = [], []
     for hf_name, w in weights.items():
         new = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if new is None:
             raise UserError(f"tensor {hf_name!r} has no llama.cpp qwen2 name")
-        qtype = "F32" if w.ndim <= 1 else OUTTYPES[outtype][0]
-        plan.append((new, w, qtype))
-    return plan
+        typ = "F32" if w.ndim <= 1 else OUTTYPES[outtype][0]
+        if qtype is not None and w.ndim > 1:
+            block = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[qtype]][0]
+            if w.shape[-1] % block == 0:
+                typ = qtype
+            else:
+                fallbacks.append({"tensor": new, "ncols": int(w.shape[-1]), "block": block,
+                                  "wanted": qtype, "used": typ})
+        plan.append((new, w, typ))
+    return plan, fallbacks
 
 
 def _to_numpy(w, qtype: str):
     import mlx.core as mx
     import numpy as np
 
-    if qtype == "F32":
-        return np.array(w.astype(mx.float32))
     if qtype == "F16":
         return np.array(w.astype(mx.float16))
-    # BF16: the raw 16-bit patterns (MLX rounds to nearest even, as torch does).
-    return np.array(w.astype(mx.bfloat16).view(mx.uint16))
+    if qtype == "BF16":
+        # the raw 16-bit patterns (MLX rounds to nearest even, as torch does)
+        return np.array(w.astype(mx.bfloat16).view(mx.uint16))
+    data = np.array(w.astype(mx.float32))
+    if qtype == "F32":
+        return data
+    import gguf
+
+    return gguf.quants.quantize(data, gguf.GGMLQuantizationType[qtype])
+
+
+def _tensor_info(w, qtype: str):
+    """(shape, numpy dtype, bytes) for ``GGUFWriter.add_tensor_info``."""
+    import gguf
+    import numpy as np
+
+    if qtype in ("F32", "F16", "BF16"):
+        dtype = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}[qtype]
+        return tuple(w.shape), dtype, w.size * np.dtype(dtype).itemsize
+    shape = gguf.quants.quant_shape_to_byte_shape(tuple(w.shape), gguf.GGMLQuantizationType[qtype])
+    return shape, np.uint8, int(np.prod(shape))
 
 
 def dataset_system_prompt(path: str | Path) -> str | None:
@@ -211,21 +278,28 @@ def export_gguf(
     out_path: str | Path,
     outtype: str = "f16",
     *,
+    quant: str | None = None,
     name: str | None = None,
     system: str | None = None,
     num_ctx: int | None = None,
+    threads: int = 0,
 ) -> Path:
     """Write the MLX qwen2 model at ``model_dir`` as GGUF ``out_path``; returns its path.
 
     ``out_path`` is a ``.gguf`` file (or an existing directory: ``model.gguf`` inside it);
-    ``Modelfile`` is written beside it. ``outtype``: ``f16`` (default), ``bf16`` or ``f32``.
+    ``Modelfile`` and ``export_info.json`` are written beside it. ``outtype``: ``f16``
+    (default), ``bf16`` or ``f32``: the matrices' type, or with ``quant`` (a name of
+    ``QUANTS``) the type of matrices that cannot be quantised (gguf quants) or of the float
+    file llama.cpp quantises (K-quants; ``threads`` for its quantizer, 0: all cores).
     ``name`` goes in ``general.name`` (default: the model dir's name); ``system`` becomes the
     Modelfile's SYSTEM prompt; ``num_ctx`` its context (default: min(context_length, 4096)).
-    Both files are written atomically; a failure leaves the old ones (or none).
+    Every file is written atomically; a failure leaves the old ones (or none).
     """
-    import gguf
-
     outtype = canonical_outtype(outtype)
+    quant = canonical_quant(quant)
+    quantizer, ftype_name = QUANTS[quant] if quant else ("", OUTTYPES[outtype][1])
+    if quantizer == "llama.cpp":
+        _llama_cpp(quant)  # before any work: the extra may be missing
     model_dir, config = read_config(model_dir)
     out_path = Path(out_path)
     if out_path.is_dir():
@@ -241,35 +315,182 @@ def export_gguf(
     rows = weights["model.embed_tokens.weight"].shape[0]
     if rows != n_vocab:
         raise UserError(f"{model_dir}: embedding has {rows} rows but config vocab_size is {n_vocab}")
-    plan = _tensor_plan(weights, config["num_hidden_layers"], outtype)
+    qtype = ftype_name.removeprefix("MOSTLY_") if quantizer == "gguf" else None
+    plan, fallbacks = _tensor_plan(weights, config["num_hidden_layers"], outtype, qtype)
+    meta = (config, name or model_dir.name, tokens, types, sv)
 
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    if quantizer == "llama.cpp":
+        with tempfile.TemporaryDirectory(prefix=".gguf-src-", dir=out_path.parent) as tmp_dir:
+            src = Path(tmp_dir) / "float.gguf"
+            _write_gguf(src, plan, meta, OUTTYPES[outtype][1])
+            del plan, weights
+            with atomic_path(out_path) as tmp:
+                log = _llama_quantize(src, tmp, quant, threads)
+    else:
+        with atomic_path(out_path) as tmp:
+            _write_gguf(tmp, plan, meta, ftype_name)
+    described = describe_gguf(out_path)
+    if quantizer == "llama.cpp":
+        fallbacks = k_quant_fallbacks(log, described["tensors"])
+    info = {
+        "source": str(model_dir),
+        "file": out_path.name,
+        "outtype": outtype,
+        "quant": quant,
+        "quantizer": quantizer or None,
+        "fallbacks": fallbacks,
+        **described,
+    }
+    info["summary"] = summary(quant or outtype, info)
+    write_text(out_path.parent / "Modelfile", text)
+    write_json(out_path.parent / INFO_FILE, info)
+    return out_path
+
+
+def _write_gguf(path: Path, plan, meta, ftype_name: str) -> None:
+    import gguf
+
+    config, name, tokens, types, sv = meta
     writer = gguf.GGUFWriter(None, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.QWEN2])
-    _add_hparams(writer, config, name or model_dir.name,
-                 int(gguf.LlamaFileType[OUTTYPES[outtype][1]]))
+    _add_hparams(writer, config, name, int(gguf.LlamaFileType[ftype_name]))
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("qwen2")
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     sv.add_to_gguf(writer, quiet=True)
     for gname, w, qtype in plan:
-        nbytes = w.size * (4 if qtype == "F32" else 2)
-        writer.add_tensor_info(gname, tuple(w.shape), _np_dtype(qtype), nbytes,
-                               raw_dtype=gguf.GGMLQuantizationType[qtype])
-    with atomic_path(out_path) as tmp:
-        try:
-            writer.write_header_to_file(path=tmp)
-            writer.write_kv_data_to_file()
-            writer.write_ti_data_to_file()
-            # One tensor at a time: a 3B model is never held twice in memory.
-            for _, w, qtype in plan:
-                writer.write_tensor_data(_to_numpy(w, qtype))
-        finally:
-            writer.close()
-    write_text(out_path.parent / "Modelfile", text)
-    return out_path
+        shape, dtype, nbytes = _tensor_info(w, qtype)
+        writer.add_tensor_info(gname, shape, dtype, nbytes, raw_dtype=gguf.GGMLQuantizationType[qtype])
+    try:
+        writer.write_header_to_file(path=path)
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        # One tensor at a time: a 3B model is never held twice in memory.
+        for _, w, qtype in plan:
+            writer.write_tensor_data(_to_numpy(w, qtype))
+    finally:
+        writer.close()
 
 
-def _np_dtype(qtype: str):
-    import numpy as np
+# ------------------------------------------------------------------ llama.cpp's quantizer
 
-    return {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}[qtype]
+
+def _llama_cpp(quant: str):
+    try:
+        import llama_cpp
+    except ImportError:
+        raise UserError(
+            f"--quant {quant} needs llama.cpp's quantizer: pip install -e '.[gguf]' "
+            "(llama-cpp-python; Q8_0/Q5_1/Q5_0/Q4_1/Q4_0 work without it)"
+        ) from None
+    return llama_cpp
+
+
+def _llama_quantize(src: Path, dst: Path, quant: str, threads: int) -> str:
+    """``llama_model_quantize(src -> dst)``; returns llama.cpp's log of the run."""
+    import gguf
+
+    llama_cpp = _llama_cpp(quant)
+    from llama_cpp._logger import llama_log_callback as default_callback
+
+    chunks: list[str] = []
+
+    @llama_cpp.llama_log_callback
+    def capture(level, text, user_data):
+        chunks.append(text.decode("utf-8", "replace"))
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = int(gguf.LlamaFileType[QUANTS[quant][1]])
+    params.nthread = threads
+    llama_cpp.llama_log_set(capture, ctypes.c_void_p(0))
+    try:
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    finally:
+        llama_cpp.llama_log_set(default_callback, ctypes.c_void_p(0))
+    log = "".join(chunks)
+    if rc != 0:
+        last = " ".join(line for line in log.splitlines() if "error" in line.lower())[-300:]
+        raise UserError(f"llama.cpp could not quantize to {quant} (code {rc}){': ' + last if last else ''}")
+    return log
+
+
+# llama.cpp's tensor_type_fallback warning (src/llama-quant.cpp):
+# "warning: NAME - ncols N not divisible by K (required for type T) [...] -> falling back to U"
+_FALLBACK_RE = re.compile(
+    r"warning: (\S+)\s+- ncols\s+(\d+) not divisible by\s+(\d+) \(required for type\s+(\w+)\)"
+    r"[^\n]*?-> falling back to\s+(\w+)"
+)
+
+
+def llama_cpp_fallbacks(log: str) -> list[dict[str, Any]]:
+    """The tensors llama.cpp's quantizer gave another type than it wanted, from its log."""
+    return [
+        {"tensor": m[1], "ncols": int(m[2]), "block": int(m[3]), "wanted": m[4].upper(),
+         "used": m[5].upper()}
+        for m in _FALLBACK_RE.finditer(log)
+    ]
+
+
+# ------------------------------------------------------------------ what a GGUF file holds
+
+
+def describe_gguf(path: str | Path) -> dict[str, Any]:
+    """Size, file type and tensors (type, ggml shape: ``ne0`` = row length first) of a GGUF
+    file, read back with ``gguf.GGUFReader``."""
+    import gguf
+
+    path = Path(path)
+    reader = gguf.GGUFReader(path)
+    ftype = int(reader.fields["general.file_type"].contents())
+    counts: dict[str, int] = {}
+    for t in reader.tensors:
+        if len(t.shape) > 1:
+            counts[t.tensor_type.name] = counts.get(t.tensor_type.name, 0) + 1
+    params = sum(int(t.n_elements) for t in reader.tensors)
+    data = sum(int(t.n_bytes) for t in reader.tensors)
+    size = path.stat().st_size
+    return {
+        "bytes": size,
+        "size_mib": round(size / 2**20, 3),
+        "file_type": gguf.LlamaFileType(ftype).name,
+        "parameters": params,
+        "bits_per_weight": round(8 * data / params, 3),
+        "matrix_types": dict(sorted(counts.items())),
+        "tensors": {t.name: {"type": t.tensor_type.name, "shape": [int(n) for n in t.shape]}
+                    for t in reader.tensors},
+    }
+
+
+def k_quant_fallbacks(log: str, tensors: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every matrix of a K-quant file that holds no K-quant because its rows are not a multiple
+    of the 256-value block: the ones llama.cpp's log names (``wanted`` = the type it wanted)
+    and the ones it typed without a warning (the output matrix: Q8_0; ``wanted`` None)."""
+    import gguf
+
+    block = gguf.QK_K
+    falls = {f["tensor"]: f for f in llama_cpp_fallbacks(log)}
+    for name, t in tensors.items():
+        ncols = t["shape"][0]
+        if len(t["shape"]) > 1 and ncols % block and name not in falls and t["type"] not in K_TYPES:
+            falls[name] = {"tensor": name, "ncols": ncols, "block": block, "wanted": None,
+                           "used": t["type"]}
+    return [falls[n] for n in tensors if n in falls]
+
+
+def summary(kind: str, info: dict[str, Any]) -> str:
+    """One line: what the file holds for the asked type or quant, fallbacks named."""
+    counts = info["matrix_types"]
+    n = sum(counts.values())
+    mix = ", ".join(f"{t} {c}" for t, c in counts.items())
+    line = f"{kind.upper()}: {n} matrices ({mix}), {info['size_mib']:.2f} MiB, {info['bits_per_weight']:.2f} bits/weight"
+    falls = info["fallbacks"]
+    if kind in QUANTS and QUANTS[kind][0] == "llama.cpp":
+        k = sum(c for t, c in counts.items() if t in K_TYPES)
+        line += f"; K-quants on {k} of {n}"
+    if falls:
+        ncols = sorted({f["ncols"] for f in falls})
+        used = sorted({f"{f['wanted']}->{f['used']}" if f["wanted"] else f["used"] for f in falls})
+        line += (f"; {len(falls)} fell back ({', '.join(used)}): rows of {'/'.join(map(str, ncols))} "
+                 f"columns are not a multiple of the {falls[0]['block']}-value block")
+    return line

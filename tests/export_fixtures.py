@@ -108,3 +108,54 @@ def mlx_weights(model_dir: Path) -> dict:
 
 def listing(d: Path) -> list[str]:
     return sorted(p.name for p in d.iterdir()) if d.exists() else []
+
+
+_RUNS: dict = {}
+
+
+def student_run() -> Path:
+    """A run dir with a tiny fused student, built once per test session (~20 s of CPU).
+
+    The tiny preset's shapes (hidden 128: no matrix row but ffn_down's 256 fits a K-quant
+    block) and no system prompt (``distill.include_system: false``): ``dataset/`` (the
+    finetune fixtures' rows), ``student/base`` (briefly pre-trained on the answers, so it
+    answers in drafts + a canary decision), ``student/adapters`` (a few LoRA steps),
+    ``student/fused`` and ``config.yaml`` (``extends: tiny``).
+    """
+    import atexit
+    import random
+    import tempfile
+
+    if "student" in _RUNS:
+        return _RUNS["student"]
+    from finetune_fixtures import example, train_cfg
+
+    from distill.dataset import load_splits
+    from finetune_mlx.fuse import fuse
+    from finetune_mlx.tiny import build_tiny, corpus_from_dataset
+    from finetune_mlx.train import train
+
+    run = Path(tempfile.mkdtemp(prefix="ape-export-run-"))
+    atexit.register(shutil.rmtree, run, True)
+    rng = random.Random(0)
+    data = run / "dataset"
+    data.mkdir()
+    for name, n in (("train", 96), ("valid", 8), ("test", 40)):
+        rows = []
+        for _ in range(n):
+            row = example(rng)
+            row["messages"] = [m for m in row["messages"] if m["role"] != "system"]
+            rows.append(row)
+        (data / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "config.yaml").write_text(f"extends: tiny\nrun:\n  run_dir: {run}\n")
+    splits = load_splits(data, ("train", "valid"))
+    corpus, _ = corpus_from_dataset(splits["train"] + splits["valid"])
+    base = build_tiny(run / "student" / "base", corpus, hidden_size=128, num_layers=2, num_heads=8,
+                      num_kv_heads=4, intermediate_size=256, vocab_size=768,
+                      max_position_embeddings=512, pretrain_texts=[r["messages"] for r in splits["train"]],
+                      pretrain_steps=80, pretrain_batch_size=8, pretrain_lr=2e-3, seed=0)
+    adapters = run / "student" / "adapters"
+    train(base, data, adapters, train_cfg(iters=4, lora_rank=8, steps_per_eval=100, val_batches=1))
+    fuse(base, adapters, run / "student" / "fused")
+    _RUNS["student"] = run
+    return run

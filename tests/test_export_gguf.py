@@ -20,7 +20,7 @@ from export_fixtures import (
 )
 
 from apeagent.errors import UserError
-from finetune_mlx.export_gguf import dataset_system_prompt, export_gguf
+from finetune_mlx.export_gguf import QUANTS, dataset_system_prompt, export_gguf
 
 gguf = pytest.importorskip("gguf")
 torch = pytest.importorskip("torch")
@@ -159,8 +159,12 @@ def test_f16_file_metadata_tokenizer_and_every_tensor(models, tmp_path, variant)
     src = models[variant]
     path = export_gguf(src, tmp_path / "model.gguf")
     assert path == tmp_path / "model.gguf"
-    assert listing(tmp_path) == ["Modelfile", "model.gguf"]
+    assert listing(tmp_path) == ["Modelfile", "export_info.json", "model.gguf"]
     reader = check_file(path, src, ftype=1, mat_type=F16)
+    info = json.loads((tmp_path / "export_info.json").read_text())
+    assert info["bytes"] == path.stat().st_size and info["file_type"] == "MOSTLY_F16"
+    assert info["quant"] is None and info["fallbacks"] == []
+    assert set(info["matrix_types"]) == {"F16"}
     assert field(reader, "general.name") == variant
 
 
@@ -218,8 +222,10 @@ def test_bad_input_names_the_problem_and_writes_nothing(models, tmp_path):
     llama = with_model_type(models["tied"], tmp_path / "llama", "llama")
     with pytest.raises(UserError, match=r"config\.json: model_type 'llama' is not supported"):
         export_gguf(llama, out)
-    with pytest.raises(UserError, match="unknown GGUF type 'q4_0'"):
+    with pytest.raises(UserError, match="unknown GGUF type 'q4_0'.*--quant"):
         export_gguf(models["tied"], out, "q4_0")
+    with pytest.raises(UserError, match="unknown GGUF quant 'q4_k_x'"):
+        export_gguf(models["tied"], out, quant="q4_k_x")
     with pytest.raises(UserError, match=r"model\.bin: the GGUF output file must end in \.gguf"):
         export_gguf(models["tied"], tmp_path / "out" / "model.bin")
     with pytest.raises(UserError, match='must not contain """'):
@@ -243,6 +249,12 @@ def test_script(models, tmp_path):
                          capture_output=True, text=True)
     assert bad.returncode == 2
     assert "error: unknown GGUF type 'q8'" in bad.stderr
+    bad = subprocess.run([sys.executable, str(script), "--model", str(models["tied"]),
+                          "--out", str(tmp_path / "m.gguf"), "--quant", "q7"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and not (tmp_path / "m.gguf").exists()
+    assert [ln for ln in bad.stderr.splitlines() if ln.startswith("error:")] == [
+        "error: unknown GGUF quant 'q7': use one of " + ", ".join(QUANTS)]
     data = tmp_path / "dataset"
     data.mkdir()
     row = {"messages": MESSAGES + [{"role": "assistant", "content": "up\n#### APE IN 0.1 ETH"}]}
@@ -253,7 +265,7 @@ def test_script(models, tmp_path):
                          "--system-from", str(data)], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert field(gguf.GGUFReader(out / "m.gguf"), "general.name") == "ape-student"
-    assert listing(out) == ["Modelfile", "m.gguf"]
+    assert listing(out) == ["Modelfile", "export_info.json", "m.gguf"]
     assert f'SYSTEM """{MESSAGES[0]["content"]}"""' in (out / "Modelfile").read_text()
 
 
@@ -268,3 +280,76 @@ def test_dataset_system_prompt(tmp_path):
         dataset_system_prompt(rows)
     with pytest.raises(UserError, match=r"dataset file not found: .*train\.jsonl"):
         dataset_system_prompt(tmp_path)
+
+
+Q8_0, Q4_0 = 8, 2  # GGMLQuantizationType values
+
+
+# Each block of 32 values has one f16 scale d (Q8_0: max|x|/127; Q4_0: max|x|/8, levels -8..7):
+# a value is off by at most d/2 (Q4_0: d, at +8 clamped to 7), plus the f16 rounding of d.
+@pytest.mark.parametrize("quant,qtype,ftype,tol", [("q8_0", Q8_0, 7, 1 / 254 + 1e-3),
+                                                   ("q4_0", Q4_0, 2, 1 / 8 + 1e-3)])
+def test_gguf_quants_hold_every_matrix_quantised(models, tmp_path, quant, qtype, ftype, tol):
+    """Q8_0 / Q4_0 written by the gguf package: every matrix in the type, each value within
+    its block's rounding of MLX's (dequantized by gguf's reader), norms and biases f32."""
+    src = models["untied"]
+    path = export_gguf(src, tmp_path / "model.gguf", quant=quant)
+    reader = gguf.GGUFReader(path)
+    assert field(reader, "general.file_type") == ftype
+    want = mlx_weights(src)
+    got = {t.name: t for t in reader.tensors}
+    assert sorted(got) == sorted(gguf_name(n) for n in want)
+    for hf_name, w in want.items():
+        t = got[gguf_name(hf_name)]
+        if w.ndim == 1:
+            assert t.tensor_type == F32
+            np.testing.assert_array_equal(t.data, w)
+            continue
+        assert t.tensor_type == qtype, hf_name
+        values = gguf.quants.dequantize(t.data, gguf.GGMLQuantizationType(qtype)).reshape(w.shape)
+        blocks, err = w.reshape(-1, 32), np.abs(values - w).reshape(-1, 32)
+        assert (err <= tol * np.abs(blocks).max(axis=1, keepdims=True) + 1e-7).all(), hf_name
+        assert err.max() > 0, hf_name  # really quantised
+    info = json.loads((tmp_path / "export_info.json").read_text())
+    assert info["quant"] == quant and info["quantizer"] == "gguf" and info["fallbacks"] == []
+    assert info["bytes"] == path.stat().st_size
+    assert info["summary"].startswith(f"{quant.upper()}: 16 matrices ({quant.upper()} 16)")
+    # the Modelfile does not depend on the quant: same template, stops, greedy decoding
+    f16 = export_gguf(src, tmp_path / "f16" / "model.gguf")
+    assert (f16.parent / "Modelfile").read_text() == (tmp_path / "Modelfile").read_text()
+
+
+def test_q8_0_read_by_transformers_gives_mlx_logits(models, tmp_path):
+    src = models["tied"]
+    model, tok = transformers_from_gguf(export_gguf(src, tmp_path / "model.gguf", quant="q8_0"))
+    ids = tok(TEXT)["input_ids"]
+    want, _ = mlx_logits(src, ids)
+    with torch.no_grad():
+        got = model(torch.tensor([ids])).logits[0].numpy()
+    assert np.abs(got - want).max() / np.abs(want).max() < 3e-2
+
+
+def test_rows_that_do_not_fit_the_block_stay_in_outtype(tmp_path):
+    """Hidden size 48 is no multiple of Q8_0's 32-value block: those matrices stay f16 (as
+    convert_hf_to_gguf.py does) and the report names each; ffn_down's rows of 192 fit."""
+    from finetune_mlx.tiny import build_tiny
+
+    src = build_tiny(tmp_path / "m48", ["APE IN 0.1 ETH", "APE OUT", "hold"] * 5, hidden_size=48,
+                     num_layers=1, num_heads=4, num_kv_heads=2, vocab_size=300)
+    path = export_gguf(src, tmp_path / "out" / "model.gguf", quant="q8_0")
+    types = {t.name: t.tensor_type for t in gguf.GGUFReader(path).tensors if len(t.shape) > 1}
+    assert types.pop("blk.0.ffn_down.weight") == Q8_0
+    assert set(types.values()) == {F16}
+    info = json.loads((path.parent / "export_info.json").read_text())
+    assert sorted(f["tensor"] for f in info["fallbacks"]) == sorted(types)
+    assert {(f["ncols"], f["block"], f["wanted"], f["used"]) for f in info["fallbacks"]} == {
+        (48, 32, "Q8_0", "F16")}
+    assert "fell back (Q8_0->F16): rows of 48 columns" in info["summary"]
+
+
+def test_k_quant_without_llama_cpp_is_refused_up_front(models, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # as if the gguf extra were absent
+    with pytest.raises(UserError, match=r"--quant q4_k_m needs llama\.cpp's quantizer: pip install"):
+        export_gguf(models["tied"], tmp_path / "out" / "model.gguf", quant="q4_k_m")
+    assert not (tmp_path / "out").exists()
+    export_gguf(models["tied"], tmp_path / "out" / "model.gguf", quant="q8_0")  # needs no llama.cpp
