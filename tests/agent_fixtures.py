@@ -120,7 +120,7 @@ def price_path(
 ) -> list[dict]:
     """One swap per ``every_s`` seconds at each price (one swap per 5-minute bar by default)."""
     return [
-        swap_row(1000 + i, 0, start_ts + i * every_s + 1, p, liquidity)
+        swap_row(1000 + i * every_s // 2, 0, start_ts + i * every_s + 1, p, liquidity)  # Base: 2 s a block
         for i, p in enumerate(prices)
     ]
 

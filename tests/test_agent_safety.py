@@ -270,7 +270,7 @@ def test_key_nowhere(node, tmp_path, keystore):
     """A full run: key, passphrase and the RPC URL's credentials appear in no output, the
     journal, or an exception's text (an unreachable URL with credentials included)."""
     Wallet(node, ADDRESS, wei=2 * 10**18)
-    url = node.url.replace("http://", "http://alice:pw-in-url@") + "/v3/infura-key-abc"
+    url = node.url.replace("http://", "http://alice:pw-in-url@") + "/v3/4f2c9a7e1b3d4c8e9f0a1b2c3d4e5f67"
     res = CliRunner().invoke(
         agent_app(),
         trade_args(node, tmp_path, keystore)[:5] + [url] + trade_args(node, tmp_path, keystore)[6:],
@@ -279,7 +279,7 @@ def test_key_nowhere(node, tmp_path, keystore):
     assert res.exit_code == 0, res.output
     dead = CliRunner().invoke(
         agent_app(),
-        ["trade", "--execute", "--rpc-url", "http://bob:pw-in-url@127.0.0.1:9/v3/infura-key-abc",
+        ["trade", "--execute", "--rpc-url", "http://bob:pw-in-url@127.0.0.1:9/v3/4f2c9a7e1b3d4c8e9f0a1b2c3d4e5f67",
          "--account", ADDRESS, "--keystore", str(keystore), "--journal", str(tmp_path / "j2.jsonl")],
         env={"APE_KEYSTORE_PASSWORD": PASSPHRASE},
     )
@@ -287,4 +287,4 @@ def test_key_nowhere(node, tmp_path, keystore):
     texts = [res.output, dead.output, str(dead.exception)]
     assert_no_secret(tmp_path, *texts)
     for t in texts + [Path(tmp_path / "journal.jsonl").read_text()]:
-        assert "pw-in-url" not in t and "infura-key-abc" not in t
+        assert "pw-in-url" not in t and "4f2c9a7e1b3d4c8e9f0a1b2c3d4e5f67" not in t
