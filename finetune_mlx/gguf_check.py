@@ -28,7 +28,7 @@ def held_out_prompts(test_file: str | Path, limit: int = 0) -> list[list[dict]]:
 
 
 def mlx_answers(model_dir: str | Path, prompts: list[list[dict]], max_tokens: int) -> list[str]:
-    from finetune_mlx.evaluate import answer
+    from finetune_mlx.model_dir import answer
     from finetune_mlx.model_dir import load
 
     model, tokenizer = load(model_dir)

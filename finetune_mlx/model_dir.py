@@ -32,7 +32,7 @@ def check_model_dir(path: str | Path) -> Path:
         raise UserError("no model given")
     path = Path(path)
     if not path.is_dir():
-        raise UserError(f"model not found: {path}")
+        raise UserError(f"model directory not found: {path}")
     if not (path / "config.json").is_file():
         raise UserError(f"{path}: not an MLX model dir (no config.json)")
     if not list(path.glob("model*.safetensors")):

@@ -150,7 +150,7 @@ def test_bad_input_names_the_file_and_writes_nothing(tmp_path):
         UserError, match=r"long/train.jsonl: example 1 is \d+ tokens, longer than max_seq_length=50"
     ):
         train(base, long, ad, train_cfg(max_seq_length=50))
-    with pytest.raises(UserError, match=r"model not found: .*nope"):
+    with pytest.raises(UserError, match=r"model directory not found: .*nope"):
         train(tmp_path / "nope", data, ad, train_cfg())
     assert _snapshot(ad) == before
 

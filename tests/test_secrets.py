@@ -54,7 +54,7 @@ def test_pipeline_ingest_writes_and_prints_no_secret(tmp_path):
     from chain.simulate import simulate
 
     rows = simulate(300, seed=1)
-    node = start_devnode(rows)
+    node = start_devnode(rows, head=rows[-1]["block_number"] + 10)  # the last swap 10 confirmations deep
     try:
         host = node.url.split("://", 1)[1]
         url = f"http://{USER}:{PASSWORD}@{host}/v2/{KEY}/?apikey={QUERY_KEY}"
