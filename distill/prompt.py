@@ -17,18 +17,13 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from gan_torch.data import WINDOW_VALUES
+
 # One tick is a 0.01% price step: price = 1.0001 ** tick (in raw units).
 LN_TICK = math.log(1.0001)
 
-WINDOW_COLUMNS = (
-    "close",
-    "log_return",
-    "volume_eth",
-    "volume_usdc",
-    "swap_count",
-    "realized_vol",
-    "tick",
-)
+# the per-bar values a market state is built from: windows.parquet's (gan_torch owns the format)
+WINDOW_COLUMNS = WINDOW_VALUES
 
 
 @dataclass
