@@ -133,6 +133,7 @@ def run_backtest(
     out_dir = Path(out_dir)
     log_path = out_dir / "decisions.jsonl"
     t_start = time.perf_counter()
+    ahead: dict[str, int] = {}  # prefetching policies: the first step not asked ahead
     with (
         atomic_path(log_path) as tmp,
         tmp.open("w") as log,
@@ -142,15 +143,29 @@ def run_backtest(
             swap = held[i]
             sqrt_p, liq, fee = swap["sqrt_price_x96"], swap["liquidity"], swap["fee"]
             price = price_from_sqrt_price_x96(sqrt_p)
-            window = {c: bars[c][end - wb : end] for c in WINDOW_COLUMNS}
+            window = _window(bars, end, wb)
             for name, policy in policies.items():
                 b = books[name]
                 p = b["portfolio"]
                 state = state_from_window(window, p.eth, p.usdc_float, int(cfg["bar_seconds"] // 60))
+                if hasattr(policy, "prefetch") and k >= ahead.get(name, 0):
+                    # Each step's prompt holds the portfolio that earlier decisions left, so
+                    # only a guess can go ahead: the next `concurrency` steps with the
+                    # portfolio unchanged (a NEUTRAL or a refused trade leaves it so). The
+                    # policy keeps answers by their exact chat; a trade makes the rest stale.
+                    n = max(1, int(getattr(policy, "concurrency", 1)))
+                    later = [
+                        state_from_window(_window(bars, e, wb), p.eth, p.usdc_float,
+                                          int(cfg["bar_seconds"] // 60))
+                        for _, e, _ in steps[k + 1 : k + n]
+                    ]
+                    policy.prefetch([(s, b["history"]) for s in [state, *later]])
+                    ahead[name] = k + n
                 d = policy.decide(state, b["history"])
                 fill = trade(p, d.decision, d.amount_eth, sqrt_p, liq, fee, cfg)
                 if fill is not None:
                     b["history"].add(Trade(t, d.decision, fill.eth_delta, fill.exec_price))
+                    ahead[name] = min(ahead.get(name, 0), k + 1)  # the guesses are stale
                 value = p.value_usdc(price)
                 b["values"].append(value)
                 b["times"].append(t)
@@ -221,6 +236,8 @@ def run_backtest(
         m = metrics(b["values"], b["times"], b["portfolio"])
         m["decisions"] = {k: b["decisions"].get(k, 0) for k in ("APE IN", "APE OUT", "APE NEUTRAL")}
         m["unparseable"] = b["invalid"]
+        if hasattr(policies[name], "requests"):  # an endpoint: answers asked, prefetches included
+            m["endpoint_requests"] = policies[name].requests
         if b["latency"]:
             m["mean_latency_s"] = float(np.mean(b["latency"]))
         m["final_eth"] = b["portfolio"].eth
@@ -229,6 +246,10 @@ def run_backtest(
     write_json(out_dir / "backtest.json", report)
     plot_equity(books, out_dir / "equity.png", f"backtest on {source} swaps (held-out {len(held)})")
     return report
+
+
+def _window(bars: dict, end: int, wb: int) -> dict:
+    return {c: bars[c][end - wb : end] for c in WINDOW_COLUMNS}
 
 
 def plot_equity(books: dict[str, dict], path: Path, title: str) -> None:

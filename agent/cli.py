@@ -1,6 +1,7 @@
 """`ape-agent` / `python -m agent`: ``backtest`` (held-out swaps) and ``trade`` (paper or live).
 
-MLX is imported only by the commands that load a model, after ``ensure_fast_blas()``.
+MLX is imported only by the commands that load a model, after ``ensure_fast_blas()``; with
+``--endpoint URL --model NAME`` the student answers from an OpenAI-compatible server instead.
 """
 
 from __future__ import annotations
@@ -49,12 +50,12 @@ def _split(text: str | None) -> list[str] | None:
 
 
 def _needs_mlx(policies: list[str], cfg: dict) -> bool:
-    return "student" in policies or ("teacher" in policies and cfg["teacher"] != "rules")
+    return ("student" in policies and not cfg["endpoint"]) or ("teacher" in policies and cfg["teacher"] != "rules")
 
 
 def _default_model(cfg: dict, run: RunLayout) -> None:
     """No model configured: the run's fused student, if there."""
-    if not cfg["model"] and run.fused.is_dir():
+    if not cfg["model"] and not cfg["endpoint"] and run.fused.is_dir():
         cfg["model"] = str(run.fused)
 
 
@@ -67,6 +68,8 @@ def _make_policies(names: list[str], cfg: dict, distill_cfg: dict, log=None) -> 
         raise UserError(
             f"unknown policy {', '.join(unknown) or '(none)'} (known: {', '.join(POLICIES)})"
         )
+    if "student" in names and cfg["endpoint"] and not cfg["model"]:
+        raise UserError("--endpoint needs --model NAME: the name the server serves the student under")
     if "student" in names and not cfg["model"]:
         raise UserError(
             "the student policy needs a model: --model DIR (a fused model, or a base model with --adapter)"
@@ -85,10 +88,13 @@ def backtest(
         help="Output dir for backtest.json, decisions.jsonl, equity.png [RUN/backtest].",
     ),
     model: str = typer.Option(
-        None, "--model", help="Student: fused MLX model dir (or base model with --adapter)."
+        None, "--model", help="Student: fused MLX model dir (or base model with --adapter); with --endpoint, the served model's name."
     ),
     adapter: str = typer.Option(
         None, "--adapter", help="LoRA adapters dir applied to --model."
+    ),
+    endpoint: str = typer.Option(
+        None, "--endpoint", help="OpenAI-compatible base URL (.../v1) serving the student; --model is then its name (key: $agent.api_key_env)."
     ),
     policies: str = typer.Option(
         None, "--policies", help="Comma list: student,rules,teacher,hold,rebalance."
@@ -120,6 +126,7 @@ def backtest(
         {
             "model": model,
             "adapter": adapter,
+            "endpoint": endpoint,
             "policies": _split(policies),
             "holdout_frac": holdout_frac,
             "interval_minutes": interval_minutes,
@@ -194,9 +201,12 @@ def trade(
         "student", "--policy", help="student | rules | teacher | hold | rebalance."
     ),
     model: str = typer.Option(
-        None, "--model", help="Student: a local fused MLX model dir (or base with --adapter), or hf:org/name."
+        None, "--model", help="Student: a local fused MLX model dir (or base with --adapter), or hf:org/name; with --endpoint, the served model's name."
     ),
     adapter: str = typer.Option(None, "--adapter"),
+    endpoint: str = typer.Option(
+        None, "--endpoint", help="OpenAI-compatible base URL (.../v1) serving the student; --model is then its name (key: $agent.api_key_env)."
+    ),
     iterations: int = typer.Option(
         0, "--iterations", help="Stop after N decisions (0: run until Ctrl-C)."
     ),
@@ -234,6 +244,7 @@ def trade(
         {
             "model": model,
             "adapter": adapter,
+            "endpoint": endpoint,
             "rpc_urls": list(rpc_url) if rpc_url else None,
             "check_rpc_urls": list(check_rpc_url) if check_rpc_url else None,
             "interval_seconds": interval_seconds,

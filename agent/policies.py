@@ -7,6 +7,8 @@ Policies share one shape, ``policy.decide(state, history) -> Decision``:
   text the student was trained on), the answer is parsed with ``distill.parse.parse_answer``.
   An unparseable answer counts as ``APE NEUTRAL`` and keeps its raw text for the log. The
   same class runs an MLX *teacher* (parsed with ``plain=True``, buy/sell/hold words accepted).
+- :class:`EndpointPolicy`: the same chat sent to an OpenAI-compatible endpoint (``--endpoint
+  URL --model NAME``) through the one HTTP client of ``distill.teachers``, greedy, parsed alike.
 - :class:`RulesPolicy`: the deterministic rules teacher of ``distill.rules`` (the analyst
   that labelled the training data), for comparison.
 - :class:`HoldPolicy` (buy-and-hold: keep the initial mix) and :class:`RebalancePolicy`
@@ -20,6 +22,7 @@ budget, the oldest trades are folded into a one-line summary, then the summary i
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -171,6 +174,53 @@ def load_model(model: str, adapter: str = ""):
     return load(Path(model).expanduser(), adapter or None)
 
 
+def fit_chat(
+    state: MarketState,
+    history: History | None,
+    *,
+    system: str | None,
+    stateful: bool,
+    history_trades: int,
+    budget: int,
+    count,
+) -> tuple[list[dict], int]:
+    """The chat for ``state`` (system prompt, history, ``format_prompt``'s text) whose
+    ``count(chat)`` (prompt tokens) fits ``budget``, and the number of detailed trades."""
+    user = {"role": "user", "content": format_prompt(state)}
+    base = [{"role": "system", "content": system}] if system else []
+    detail = history_trades if (stateful and history and history.trades) else -1
+    while True:
+        chat = list(base)
+        if detail >= 0:
+            text = history.render(state.price, state.portfolio_usdc, detail)
+            chat.append({"role": "user", "content": text})
+        chat.append(user)
+        if detail < 0 or count(chat) <= budget:
+            return chat, max(detail, 0)
+        # Too long: fold the oldest detailed trade into the summary; then drop history.
+        detail = detail - 1 if detail > 0 else -1
+
+
+def _decision(policy, text: str, prompt_tokens: int, answer_tokens: int, latency_s: float,
+              detail: int) -> Decision:
+    """Parse an answer into a Decision (unparseable: APE NEUTRAL, logged with its raw text)."""
+    ans = parse_answer(text, plain=policy.plain)
+    d = Decision(
+        ans.decision if ans.valid else APE_NEUTRAL,
+        ans.amount_eth if ans.valid else None,
+        valid=ans.valid,
+        reason=ans.reason,
+        raw=text,
+        prompt_tokens=prompt_tokens,
+        answer_tokens=answer_tokens,
+        latency_s=latency_s,
+        history_trades=detail,
+    )
+    if not ans.valid and policy.log is not None:
+        policy.log({"event": "unparseable", "policy": policy.name, "reason": ans.reason, "raw": text})
+    return d
+
+
 class ModelPolicy:
     """An MLX model (student, or an MLX teacher with ``plain=True``) answering the prompt."""
 
@@ -207,47 +257,101 @@ class ModelPolicy:
 
     def fit(self, state: MarketState, history: History | None) -> tuple[list[dict], list[int], int]:
         """The chat fitted to the context, its token ids, the number of detailed trades."""
-        user = {"role": "user", "content": format_prompt(state)}
-        base = [{"role": "system", "content": self.system}] if self.system else []
-        budget = self.context_tokens - self.max_tokens
-        detail = self.history_trades if (self.stateful and history and history.trades) else -1
-        while True:
-            chat = list(base)
-            if detail >= 0:
-                text = history.render(state.price, state.portfolio_usdc, detail)
-                chat.append({"role": "user", "content": text})
-            chat.append(user)
-            ids = self.tokenizer.apply_chat_template(
-                chat, add_generation_prompt=True, return_dict=False
+        last: dict = {}
+
+        def count(chat: list[dict]) -> int:
+            last["chat"] = chat
+            last["ids"] = list(
+                self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_dict=False)
             )
-            if len(ids) <= budget or detail < 0:
-                return chat, list(ids), max(detail, 0)
-            # Too long: fold the oldest detailed trade into the summary; then drop history.
-            detail = detail - 1 if detail > 0 else -1
+            return len(last["ids"])
+
+        chat, detail = fit_chat(state, history, system=self.system, stateful=self.stateful,
+                                history_trades=self.history_trades,
+                                budget=self.context_tokens - self.max_tokens, count=count)
+        if last.get("chat") is not chat:
+            count(chat)
+        return chat, last["ids"], detail
 
     def decide(self, state: MarketState, history: History | None = None) -> Decision:
         from finetune_mlx.model_dir import answer  # the one greedy answer (eval uses it too)
 
         chat, ids, detail = self.fit(state, history)
         out = answer(self.model, self.tokenizer, chat, self.max_tokens)
-        text = out["text"]
-        ans = parse_answer(text, plain=self.plain)
-        d = Decision(
-            ans.decision if ans.valid else APE_NEUTRAL,
-            ans.amount_eth if ans.valid else None,
-            valid=ans.valid,
-            reason=ans.reason,
-            raw=text,
-            prompt_tokens=len(ids),
-            answer_tokens=out["tokens"],
-            latency_s=out["latency_s"],
-            history_trades=detail,
-        )
-        if not ans.valid and self.log is not None:
-            self.log(
-                {"event": "unparseable", "policy": self.name, "reason": ans.reason, "raw": text}
-            )
-        return d
+        return _decision(self, out["text"], len(ids), out["tokens"], out["latency_s"], detail)
+
+
+class EndpointPolicy:
+    """The student (or any model) behind an OpenAI-compatible chat endpoint (``mlx_lm.server``,
+    llama.cpp's server, Ollama's ``/v1``, LM Studio, OpenRouter): the same chat as
+    :class:`ModelPolicy` (the server applies the model's chat template), greedy, parsed alike.
+
+    Stateful mode fits the history with a token *estimate* (``agent.tokenizer``: exact content
+    tokens from a tokenizer.json, else words + punctuation; plus a few tokens per message for
+    the template), since the server's tokenizer is not at hand.
+
+    :meth:`prefetch` answers several prompts at once (``agent.concurrency`` in flight) and
+    keeps the answers by their exact chat; :meth:`decide` takes a kept answer only for the
+    very same chat, so a prefetched guess that a later trade made stale is never used.
+    """
+
+    TEMPLATE_TOKENS = 5  # per message (<|im_start|>role\n ... <|im_end|>\n), estimate
+
+    def __init__(self, url: str, model: str, cfg: dict, *, name: str = "student",
+                 system: bool = True, plain: bool = False, log=None):
+        from distill.teachers import endpoint_client, token_counter
+
+        self.name, self.plain, self.log = name, plain, log
+        self.max_tokens = cfg["max_tokens"]
+        self.system = system_prompt(cfg["style"]) if system else None
+        self.stateful = cfg["stateful"]
+        self.context_tokens = cfg["context_tokens"]
+        self.history_trades = cfg["history_trades"]
+        self.concurrency = max(1, int(cfg["concurrency"]))
+        self._count, _ = token_counter(cfg["tokenizer"])
+        self.client = endpoint_client(url, model, self.max_tokens, cfg, what="agent", section="agent")
+        self._kept: dict[str, tuple[str, int, float]] = {}
+        self.requests = 0  # answers asked of the endpoint (prefetches included)
+
+    def count(self, chat: list[dict]) -> int:
+        return sum(self._count(m["content"]) + self.TEMPLATE_TOKENS for m in chat) + 3
+
+    def fit(self, state: MarketState, history: History | None) -> tuple[list[dict], int]:
+        return fit_chat(state, history, system=self.system, stateful=self.stateful,
+                        history_trades=self.history_trades,
+                        budget=self.context_tokens - self.max_tokens, count=self.count)
+
+    def _ask(self, chats: list[list[dict]]) -> None:
+        from distill.teachers import Request
+
+        todo = {}
+        for chat in chats:
+            key = _chat_key(chat)
+            if key not in self._kept:
+                todo[key] = Request(key, chat, None)
+        for r, g in self.client.generate(todo.values()):
+            self._kept[r.key] = (g.text, g.output_tokens, g.seconds)
+        self.requests += len(todo)
+
+    def prefetch(self, states: list[tuple[MarketState, History | None]]) -> None:
+        """Answer these (state, history) prompts ahead, ``agent.concurrency`` at a time."""
+        self._kept.clear()  # answers of chats that did not come are stale guesses
+        self._ask([self.fit(s, h)[0] for s, h in states])
+
+    def decide(self, state: MarketState, history: History | None = None) -> Decision:
+        chat, detail = self.fit(state, history)
+        key = _chat_key(chat)
+        if key not in self._kept:
+            self._ask([chat])
+        text, tokens, seconds = self._kept.pop(key)
+        return _decision(self, text, self.count(chat), tokens, seconds, detail)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _chat_key(chat: list[dict]) -> str:
+    return json.dumps(chat, sort_keys=True)
 
 
 def make_policy(kind: str, cfg: dict, distill_cfg: dict, log=None):
@@ -266,6 +370,9 @@ def make_policy(kind: str, cfg: dict, distill_cfg: dict, log=None):
         history_trades=cfg["history_trades"],
         log=log,
     )
+    if kind == "student" and cfg["endpoint"]:
+        return EndpointPolicy(cfg["endpoint"], cfg["model"], cfg, name="student",
+                              system=distill_cfg["include_system"], log=log)
     if kind == "student":
         return ModelPolicy(cfg["model"], cfg["adapter"], name="student",
                            system=distill_cfg["include_system"], **common)

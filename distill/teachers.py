@@ -220,12 +220,19 @@ def _is_local(url: str) -> bool:
 
 class OpenAITeacher:
     """Chat completions over HTTP. The API key is read from ``api_key_env`` only; it is sent
-    in the Authorization header and never stored, logged or put in an error message."""
+    in the Authorization header and never stored, logged or put in an error message.
+
+    The one OpenAI-compatible client of the project: the agent's endpoint policy and the
+    canary eval of an endpoint use it too, with ``what`` (``"teacher"``, ``"agent"``, ...) and
+    ``section`` (the config section whose keys the messages name) for their error messages.
+    ``cfg`` keys: model, base_urls, temperature, top_p, max_tokens, seed, tokenizer,
+    api_key_env, allow_insecure_http, concurrency, request_timeout, http_retries, backoff."""
 
     name = "openai"
 
-    def __init__(self, cfg: dict):
+    def __init__(self, cfg: dict, what: str = "teacher", section: str = "distill"):
         self.cfg = cfg
+        self.what, self.section = what, section
         self.model = cfg["model"]
         self.urls = [u.rstrip("/") for u in cfg["base_urls"]]
         self.settings = {k: cfg[k] for k in ("temperature", "top_p", "max_tokens", "seed")}
@@ -235,24 +242,26 @@ class OpenAITeacher:
 
     def check(self) -> None:
         if not self.urls:
-            raise UserError("distill.base_urls is empty")
+            raise UserError(f"{self.section}: no endpoint URL given")
         for u in self.urls:
             if urllib.parse.urlparse(u).scheme not in ("http", "https"):
-                raise UserError(f"distill.base_urls: {redact_url(u)!r} is not an http(s) URL")
+                raise UserError(f"{self.what} endpoint {redact_url(u)!r} is not an http(s) URL")
+        if not self.model:
+            raise UserError(f"{self.what} endpoint: no model name given (--model NAME)")
         env = self.cfg["api_key_env"]
         self._key = os.environ.get(env) if env else None
         add_secret(self._key)  # masked in every message that could quote it
         remote = [u for u in self.urls if not _is_local(u)]
         if remote and not self._key:
             raise UserError(
-                f"openai teacher: environment variable {env or '(distill.api_key_env unset)'} "
+                f"openai {self.what}: environment variable {env or f'({self.section}.api_key_env unset)'} "
                 f"is not set; it must hold the API key for {redact_url(remote[0])}"
             )
         plain = [u for u in self.urls if urllib.parse.urlparse(u).scheme == "http" and not _is_loopback(u)]
         if self._key and plain and not self.cfg["allow_insecure_http"]:
             raise UserError(
-                f"openai teacher: refusing to send the API key over plain http to {redact_url(plain[0])}; "
-                "use https, a loopback URL, or --allow-insecure-http (distill.allow_insecure_http)"
+                f"openai {self.what}: refusing to send the API key over plain http to {redact_url(plain[0])}; "
+                f"use https, a loopback URL, or --allow-insecure-http ({self.section}.allow_insecure_http)"
             )
         for u in self.urls:
             self._probe(u)
@@ -274,7 +283,7 @@ class OpenAITeacher:
             # Some servers have no /models; a HTTP answer still proves the endpoint is up.
         except (urllib.error.URLError, OSError, HTTPException) as e:
             reason = getattr(e, "reason", e)
-            raise UserError(f"cannot reach teacher endpoint {redact_url(url)}: {reason}") from None
+            raise UserError(f"cannot reach {self.what} endpoint {redact_url(url)}: {reason}") from None
 
     def _post(self, url: str, r: Request) -> Generated:
         cfg = self.cfg
@@ -397,12 +406,39 @@ class OpenAITeacher:
                 with lock:
                     if state["alive"] == 0 and done.empty():
                         errors = "; ".join(dead.values()) or "workers stopped"
-                        raise TeacherError(f"every teacher endpoint failed: {errors}")
+                        raise TeacherError(f"every {self.what} endpoint failed: {errors}")
         finally:
             stop.set()
 
     def close(self) -> None:
         self._key = None
+
+
+ENDPOINT_KEYS = ("api_key_env", "allow_insecure_http", "concurrency", "request_timeout",
+                 "http_retries", "backoff")
+
+
+def endpoint_client(url: str, model: str, max_tokens: int, cfg: dict, *, what: str, section: str):
+    """This module's OpenAI-compatible client (retries with backoff and
+    Retry-After, bounded concurrency, key from ``cfg["api_key_env"]`` only, no key over
+    plain http to a remote host), set to decode greedily (temperature 0), checked now: an
+    unreachable endpoint, a rejected key or a missing model name fails before any work."""
+    client = OpenAITeacher(
+        {
+            **{k: cfg[k] for k in ENDPOINT_KEYS},
+            "model": model,
+            "base_urls": [url],
+            "temperature": 0.0,
+            "top_p": 1.0,
+            "seed": 0,
+            "max_tokens": max_tokens,
+            "tokenizer": cfg.get("tokenizer", ""),
+        },
+        what=what,
+        section=section,
+    )
+    client.check()
+    return client
 
 
 def make_teacher(cfg: dict):

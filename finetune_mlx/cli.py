@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from apeagent.cli import ConfigOpt, RunDirOpt, run_cli
+from apeagent.errors import UserError
 from apeagent.layout import RunLayout
 
 app = typer.Typer(
@@ -289,7 +290,14 @@ def print_baselines(report: dict) -> None:
 
 @app.command("eval")
 def eval_cmd(
-    model: str = typer.Option(None, "--model", help="Base model dir [finetune.base_model]."),
+    model: str = typer.Option(
+        None, "--model", help="Base model dir [finetune.base_model]; with --endpoint, the served model's name."
+    ),
+    endpoint: str = typer.Option(
+        None, "--endpoint",
+        help="OpenAI-compatible base URL (.../v1): score the model it serves (variant 'endpoint'; "
+        "key: $finetune.api_key_env). Only --fused is evaluated beside it, when given.",
+    ),
     adapter_path: Path = typer.Option(
         None, "--adapter-path", help="Adapter dir (adds base+adapter) [RUN/student/adapters]."
     ),
@@ -322,14 +330,26 @@ def eval_cmd(
     from finetune_mlx.model_dir import resolve_model
 
     cfg, run = _settings(
-        config, run_dir, {"base_model": model, "eval_limit": limit, "max_tokens": max_tokens}
+        config,
+        run_dir,
+        {"base_model": None if endpoint else model, "eval_limit": limit, "max_tokens": max_tokens,
+         "endpoint": endpoint},
     )
-    if adapter_path is None and fused is None:  # the run's own student, when it has one
+    served = None
+    if cfg["endpoint"]:
+        if not model:
+            raise UserError("--endpoint needs --model NAME: the name the server serves the model under")
+        served = {"url": cfg["endpoint"], "model": model, "cfg": cfg}
+    if adapter_path is None and fused is None and not served:  # the run's own student, if any
         adapter_path = run.adapters if run.adapters.is_dir() else None
         fused = run.fused if run.fused.is_dir() else None
-    with_base = not no_base
+    with_base = not no_base and not served
     base = resolve_model(cfg["base_model"]) if with_base or adapter_path is not None else None
-    variants = variants_for(base, adapter_path, fused, with_base)
+    variants = (
+        variants_for(base, adapter_path, fused, with_base)
+        if not served or adapter_path is not None or fused is not None
+        else {}
+    )
     test = test_file or (data / "test.jsonl" if data else run.split("test"))
     out = out or run.eval_json
     with Progress(console=console) as progress:
@@ -340,6 +360,7 @@ def eval_cmd(
             limit=cfg["eval_limit"],
             progress=progress,
             train_file=train_file or (data / "train.jsonl" if data else None),
+            endpoint=served,
         )
     write_json(out, report)
     print_eval(report)

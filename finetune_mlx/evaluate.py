@@ -11,6 +11,11 @@ count):
 - plain agreement: the same, reading buy/sell/hold words too (what a base model "meant");
 - answer tokens, generation tokens/s and latency per answer.
 
+A model behind an OpenAI-compatible endpoint (``endpoint=``: ``mlx_lm.server``, llama.cpp's
+server, Ollama's ``/v1``, ...) is one more variant, ``endpoint``: the same chat messages sent
+through the HTTP client of ``distill.teachers`` (greedy, ``concurrency`` requests in flight,
+retries), scored alike; its latency is the request's round trip.
+
 Beside the models, the trivial baselines of :mod:`finetune_mlx.baselines` (majority class,
 best single-feature rule; fit on the train split beside the test file, scored on test), the
 base model's plain-word agreement, and the fused model's margin over the best trivial
@@ -25,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from apeagent.errors import UserError
+from apeagent.redact import redact_url
 from distill.dataset import read_split, split_prompt
 
 DECISIONS = ("APE IN", "APE OUT", "APE NEUTRAL")
@@ -103,10 +109,13 @@ def evaluate(
     limit: int = 0,
     progress=None,
     train_file: str | Path | None = None,
+    endpoint: dict | None = None,
 ) -> dict[str, Any]:
     """``variants``: name -> (model dir, adapter dir or None). Returns the eval report.
 
     ``train_file`` (default: ``train.jsonl`` beside the test file) fits the trivial baselines.
+    ``endpoint``: ``{"url", "model", "cfg"}`` (``cfg``: the finetune section's endpoint keys)
+    adds the variant ``endpoint``, answered by that server.
     """
     from finetune_mlx.baselines import baselines
     from finetune_mlx.model_dir import answer, check_adapter, check_model_dir, load
@@ -124,6 +133,12 @@ def evaluate(
         check_model_dir(model_dir)
         if adapter is not None:
             check_adapter(adapter, model_dir)
+    client = None
+    if endpoint is not None:  # reachable, key rules, model name: checked before any answer
+        from distill.teachers import endpoint_client
+
+        client = endpoint_client(endpoint["url"], endpoint["model"], max_tokens, endpoint["cfg"],
+                                 what="eval", section="finetune")
     report: dict[str, Any] = {
         "test_file": str(test_file),
         "train_file": str(train_file),
@@ -146,8 +161,32 @@ def evaluate(
         metrics.update(model=str(model_dir), adapter=str(adapter) if adapter else None)
         report["variants"][name] = metrics
         report["samples"][name] = [o["text"] for o in outputs[:3]]
+    if client is not None:
+        outputs = endpoint_answers(client, [list(m) for m in prompts], progress)
+        metrics = score(outputs, list(refs))
+        metrics.update(model=client.model, endpoint=redact_url(client.urls[0]), adapter=None)
+        report["variants"]["endpoint"] = metrics
+        report["samples"]["endpoint"] = [o["text"] for o in outputs[:3]]
     report["comparison"] = compare(report)
     return report
+
+
+def endpoint_answers(client, prompts: list[list[dict]], progress=None) -> list[dict]:
+    """The client's greedy answers to ``prompts`` (in order), as :func:`answer`'s dicts."""
+    from distill.teachers import Request
+
+    task = progress.add_task("eval endpoint", total=len(prompts)) if progress else None
+    outputs: list[dict] = [{}] * len(prompts)
+    for r, g in client.generate(Request(str(i), p, None) for i, p in enumerate(prompts)):
+        outputs[int(r.key)] = {
+            "text": g.text,
+            "tokens": g.output_tokens,
+            "tokens_per_second": g.output_tokens / g.seconds if g.seconds else 0.0,
+            "latency_s": g.seconds,
+        }
+        if progress:
+            progress.advance(task)
+    return outputs
 
 
 def ask(model: str | Path, adapter: str | Path | None, messages: list[dict], max_tokens: int):
