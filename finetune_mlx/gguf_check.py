@@ -28,8 +28,7 @@ def held_out_prompts(test_file: str | Path, limit: int = 0) -> list[list[dict]]:
 
 
 def mlx_answers(model_dir: str | Path, prompts: list[list[dict]], max_tokens: int) -> list[str]:
-    from finetune_mlx.model_dir import answer
-    from finetune_mlx.model_dir import load
+    from finetune_mlx.model_dir import answer, load
 
     model, tokenizer = load(model_dir)
     return [answer(model, tokenizer, p, max_tokens)["text"] for p in prompts]
