@@ -202,9 +202,11 @@ def fit_chat(
 
 
 def _decision(policy, text: str, prompt_tokens: int, answer_tokens: int, latency_s: float,
-              detail: int) -> Decision:
-    """Parse an answer into a Decision (unparseable: APE NEUTRAL, logged with its raw text)."""
-    ans = parse_answer(text, plain=policy.plain)
+              detail: int, state: MarketState) -> Decision:
+    """Parse an answer into a Decision (unparseable: APE NEUTRAL, logged with its raw text).
+    A plain-word teacher's "rebalance" and USDC amounts are read against the state's ETH share
+    and price, as the teacher cleaning does."""
+    ans = parse_answer(text, plain=policy.plain, share_pct=state.eth_share_pct, price=state.price)
     d = Decision(
         ans.decision if ans.valid else APE_NEUTRAL,
         ans.amount_eth if ans.valid else None,
@@ -278,7 +280,7 @@ class ModelPolicy:
 
         chat, ids, detail = self.fit(state, history)
         out = answer(self.model, self.tokenizer, chat, self.max_tokens)
-        return _decision(self, out["text"], len(ids), out["tokens"], out["latency_s"], detail)
+        return _decision(self, out["text"], len(ids), out["tokens"], out["latency_s"], detail, state)
 
 
 class EndpointPolicy:
@@ -344,7 +346,7 @@ class EndpointPolicy:
         if key not in self._kept:
             self._ask([chat])
         text, tokens, seconds = self._kept.pop(key)
-        return _decision(self, text, self.count(chat), tokens, seconds, detail)
+        return _decision(self, text, self.count(chat), tokens, seconds, detail, state)
 
     def close(self) -> None:
         self.client.close()

@@ -41,6 +41,7 @@ class Cleaned:
     amount_eth: float | None = None
     reason: str | None = None
     fixes: list[str] = field(default_factory=list)
+    via: str | None = None  # how the decision was read (distill.parse.Answer.via)
 
 
 def to_english(text: str) -> tuple[str, int]:
@@ -73,14 +74,19 @@ def clean_answer(
     max_draft_words: int | None = 5,
     max_drafts: int = 8,
     max_foreign: float = 0.3,
+    share_pct: float | None = None,
+    price: float | None = None,
 ) -> Cleaned:
     """Clean one teacher answer. ``max_draft_words=None`` (chain of thought) skips the limit.
+
+    ``share_pct`` and ``price`` come from the market state the answer was given for: they
+    give a rebalance its direction and turn a USDC amount into ETH (see parse_answer).
 
     Drafts over the limit are cut to it; a draft over twice the limit means the teacher
     wrote prose instead of drafts, so the answer is rejected (and re-asked). An answer whose
     drafts lose more than ``max_foreign`` of their letters to transliteration is rejected.
     """
-    ans = parse_answer(text, plain=True)
+    ans = parse_answer(text, plain=True, share_pct=share_pct, price=price)
     if not ans.valid:
         return Cleaned(False, reason=ans.reason)
     fixes: list[str] = []
@@ -120,4 +126,4 @@ def clean_answer(
     completion = "\n".join(drafts) + f"\n{SEPARATOR} " + format_action(ans.decision, ans.amount_eth)
     # The invariant of the final data, checked rather than assumed.
     assert not has_plain_decision(completion), completion
-    return Cleaned(True, completion, ans.decision, ans.amount_eth, None, sorted(set(fixes)))
+    return Cleaned(True, completion, ans.decision, ans.amount_eth, None, sorted(set(fixes)), ans.via)

@@ -60,6 +60,7 @@ def teach(
     max_windows: int = typer.Option(None, help="use at most this many windows (0: all)"),
     portfolios: int = typer.Option(None, "--portfolios", help="random portfolios per window"),
     tokenizer: str = typer.Option(None, help="model dir whose tokenizer counts output tokens"),
+    show_rejected: int = typer.Option(0, "--show-rejected", min=0, help="print the last N rejected answers and why"),
 ) -> None:
     """Ask the teacher about every (window, random portfolio); answers are cached and resumable."""
     cfg, run = _cfg(
@@ -93,6 +94,34 @@ def teach(
             raise UserError(f"no windows: pass --windows FILE (none in {run.root})")
         rep = run_teach(cfg, [str(w) for w in paths], out_dir or run.teacher, on_answer)
     _print_teach(rep)
+    if show_rejected:
+        from distill.teach import rejected
+
+        for rec in rejected(out_dir, rep, show_rejected):
+            _print_rejected(rec)
+
+
+def _excerpt(raw: str, limit: int = 600) -> str:
+    """What a rejected answer said, cut to its end (where the decision should be)."""
+    from distill.parse import split_think
+
+    thinking, body, unfinished = split_think(raw or "")
+    if unfinished or not body:
+        note = f"(no answer after a {len(thinking)}-character think block; its end:)\n"
+        text = thinking
+    else:
+        note = f"(after a {len(thinking)}-character think block)\n" if thinking else ""
+        text = body
+    text = text.strip()
+    if len(text) > limit:
+        text = "…" + text[-limit:]
+    return note + text
+
+
+def _print_rejected(rec: dict) -> None:
+    out = Console()
+    out.rule(f"rejected: {rec.get('reason')}  (key {str(rec.get('key'))[:10]}, attempt {rec.get('attempt')})")
+    out.print(_excerpt(rec.get("raw") or ""), markup=False, highlight=False)
 
 
 def _print_teach(rep: dict) -> None:
@@ -104,8 +133,12 @@ def _print_teach(rep: dict) -> None:
     t.add_row("rejected after retries", str(rep["rejected_after_retries"]))
     t.add_row("cached at start", str(rep["cached_at_start"]))
     t.add_row("generated this run", str(rep["generated_this_run"]))
+    if rep["attempts"]:
+        t.add_row("rejected attempts", f"{rep['rejection_rate']:.1%}")
     for reason, n in rep["rejections"].items():
         t.add_row(f"rejection: {reason}", str(n))
+    for via, n in rep.get("read_via", {}).items():
+        t.add_row(f"read via: {via}", str(n))
     for fix, n in rep["fixes"].items():
         t.add_row(f"fix: {fix}", str(n))
     for d, n in rep["decisions"].items():

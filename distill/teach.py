@@ -17,7 +17,7 @@ from pathlib import Path
 from apeagent.errors import UserError
 from apeagent.files import write_json
 from apeagent.redact import redact_obj
-from distill.cache import AnswerStore, answer_key
+from distill.cache import AnswerStore, answer_key, read_records
 from distill.clean import clean_answer
 from distill.config import STYLES
 from distill.prompt import MarketState, format_prompt, system_prompt
@@ -60,6 +60,7 @@ def _record(item: Item, attempt: int, teacher, style: str, gen, cleaned) -> dict
         "ok": cleaned.ok,
         "reason": cleaned.reason,
         "fixes": cleaned.fixes,
+        "via": cleaned.via,
         "decision": cleaned.decision,
         "amount_eth": cleaned.amount_eth,
         "completion": cleaned.completion,
@@ -83,7 +84,7 @@ def _record(item: Item, attempt: int, teacher, style: str, gen, cleaned) -> dict
 
 def report(items: list[Item], store: AnswerStore, teacher, cfg: dict, extra: dict) -> dict:
     accepted, exhausted = Counter(), 0
-    reasons, fixes = Counter(), Counter()
+    reasons, fixes, via = Counter(), Counter(), Counter()
     attempts = 0
     tokens_all: list[int] = []
     tokens_ok: list[int] = []
@@ -100,6 +101,7 @@ def report(items: list[Item], store: AnswerStore, teacher, cfg: dict, extra: dic
         ok = store.accepted(it.key)
         if ok:
             accepted[ok["decision"]] += 1
+            via[ok.get("via") or "unrecorded"] += 1  # caches written before "via" existed
         elif len(recs) > cfg["retries"]:
             exhausted += 1
     n_ok = sum(accepted.values())
@@ -114,6 +116,8 @@ def report(items: list[Item], store: AnswerStore, teacher, cfg: dict, extra: dic
         "missing": len(items) - n_ok - exhausted,
         "attempts": attempts,
         "rejections": dict(reasons.most_common()),
+        "rejection_rate": sum(reasons.values()) / attempts if attempts else 0.0,
+        "read_via": dict(via.most_common()),
         "fixes": dict(fixes.most_common()),
         "decisions": {k: accepted[k] for k in ("APE IN", "APE OUT", "APE NEUTRAL")},
         "output_tokens": {
@@ -124,6 +128,16 @@ def report(items: list[Item], store: AnswerStore, teacher, cfg: dict, extra: dic
         },
         **extra,
     }
+
+
+def rejected(out_dir: str | Path, rep: dict, n: int) -> list[dict]:
+    """The last ``n`` rejected attempts of this teacher/model/style in ``answers.jsonl``."""
+    recs = [
+        r for r in read_records(Path(out_dir) / ANSWERS)
+        if not r.get("ok") and (r.get("teacher"), r.get("model"), r.get("style"))
+        == (rep["teacher"], rep["model"], rep["style"])
+    ]
+    return recs[-n:] if n > 0 else []
 
 
 def teach(
@@ -168,7 +182,8 @@ def teach(
             reqs = [Request(it.key, it.messages, it.state, store.attempts(it.key)) for it in work]
             for req, gen in teacher.generate(reqs):
                 item = by_key[req.key]
-                cleaned = clean_answer(gen.text, draft_words, cfg["max_drafts"])
+                cleaned = clean_answer(gen.text, draft_words, cfg["max_drafts"],
+                                       share_pct=item.state.eth_share_pct, price=item.state.price)
                 store.append(_record(item, req.attempt, teacher, cfg["style"], gen, cleaned))
                 generated += 1
                 gen_tokens += gen.output_tokens

@@ -1,6 +1,8 @@
 """The labelled teacher-answer corpus (tests/data/teacher_answers.jsonl) and its scoring.
 
-Each line: ``id``, ``category``, ``label`` (the canary a careful reader takes from the
+Each line: ``id``, ``batch`` (1: the 256 answers written before the parser was reworked,
+2: 60 written afterwards in new wording, scored unseen once before the tables grew),
+``category``, ``label`` (the canary a careful reader takes from the
 answer, or null when the answer gives no usable decision), ``amount``/``unit`` (the amount
 as written, null when there is none), ``share`` and ``price`` (the ETH share % and the
 price of the market state the answer was given for, as ``ape-distill teach`` passes them)

@@ -82,7 +82,8 @@ def test_reject_and_retry_is_bounded(tmp_path, windows, servers):
     bad = rep["rejected_after_retries"]
     assert rep["accepted"] + bad == 20 and rep["accepted"] > 0
     assert rep["attempts"] == rep["accepted"] * 2 + bad * 3
-    assert rep["rejections"]["no action"] == rep["attempts"] - rep["accepted"]
+    # "no idea" names no action; "I cannot decide" is read as undecided.
+    assert rep["rejections"] == {"no action": rep["accepted"], "undecided": bad * 3}
     assert len(s.requests) == rep["attempts"]
     # A re-run asks nothing more: rejected prompts used up their attempts.
     rep = teach(cfg([s.url], retries=2), [windows], tmp_path / "t")

@@ -20,7 +20,21 @@ from distill.clean import (
     to_english,
 )
 from distill.config import DEFAULTS
-from distill.parse import CANARIES, parse_answer, split_think, to_canary
+from distill.parse import (
+    CANARIES,
+    CONDITIONAL_ONLY,
+    NEGATED_ONLY,
+    NO_ACTION,
+    REASONS,
+    REBALANCE_UNKNOWN,
+    REFUSAL,
+    SEVERAL_ACTIONS,
+    UNDECIDED,
+    UNFINISHED_THINK,
+    parse_answer,
+    split_think,
+    to_canary,
+)
 from distill.prompt import MarketState, format_prompt, messages, state_from_window, system_prompt
 
 # (raw teacher output, expected decision or None, expected amount, expected reason)
@@ -212,3 +226,155 @@ def test_messages_with_and_without_the_system_prompt():
     full, bare = messages(s), messages(s, system=False)
     assert [m["role"] for m in full] == ["system", "user"] and full[0]["content"] == system_prompt("cod")
     assert bare == full[1:] and bare[0]["content"] == format_prompt(s)
+
+
+# --- plain mode: what a reasoning teacher writes (one focused case list per category) -------
+
+
+def _plain(text, share=50.0, price=2500.0):
+    return parse_answer(text, plain=True, share_pct=share, price=price)
+
+
+PLAIN = {
+    "negation": [
+        ("x\nNow is not the moment to buy; hold.", "APE NEUTRAL"),
+        ("x\nI would not sell into this dip. Stay put.", "APE NEUTRAL"),
+        ("x\nThere is no reason to hold at 80% ETH: trim 0.4 ETH.", "APE OUT"),
+        ("#### Not APE OUT — APE IN 0.2 ETH", "APE IN"),
+        ("x\nI'm not able to recommend buying or selling.", None),
+        ("#### Don't buy.", None),  # says what not to do, not what to do
+    ],
+    "swap": [
+        ("#### Swap 2,000 USDC for ETH", "APE IN"),
+        ("#### Sell 800 USDC for ETH", "APE IN"),
+        ("#### Convert 0.3 ETH to USDC", "APE OUT"),
+        ("#### Buy USDC with 0.2 ETH", "APE OUT"),
+        ("#### Move 0.5 ETH into stablecoins", "APE OUT"),
+        ("#### Rotate out of USDC", "APE IN"),
+        ("#### Swap", None),
+    ],
+    "synonyms": [
+        ("#### Accumulate", "APE IN"), ("#### Add exposure", "APE IN"), ("#### Take profit", "APE OUT"),
+        ("#### De-risk", "APE OUT"), ("#### Trim", "APE OUT"), ("#### HODL", "APE NEUTRAL"),
+        ("#### Sit tight", "APE NEUTRAL"), ("#### Stand pat", "APE NEUTRAL"), ("#### No trade", "APE NEUTRAL"),
+        ("#### Keep the allocation", "APE NEUTRAL"), ("#### Go long", "APE IN"),
+        ("x\nThe short-term trend is up. APE NEUTRAL", "APE NEUTRAL"),  # "short-term" is no sell
+        ("x\nStrong buy signal but the share is fine. Hold.", "APE NEUTRAL"),
+    ],
+    "chinese": [
+        ("#### 买入 0.2 ETH", "APE IN"), ("#### 增持", "APE IN"), ("#### 卖出", "APE OUT"),
+        ("#### 减持 0.1 ETH", "APE OUT"), ("#### 持有", "APE NEUTRAL"), ("#### 观望", "APE NEUTRAL"),
+        ("结论：不买也不卖，继续持有。", "APE NEUTRAL"), ("#### 把0.3 ETH换成USDC", "APE OUT"),
+        ("现在买入，如果涨到3000再卖出。", "APE IN"),
+    ],
+    "distractor": [
+        ("x\nI considered selling, but the trend is up. APE IN", "APE IN"),
+        ("x\nMy first instinct was to buy. The share is 70%, so sell.", "APE OUT"),
+        ("x\nBuying here would chase the move. Hold.", "APE NEUTRAL"),
+        ("x\nSell? Buy? The band says hold: APE NEUTRAL.", "APE NEUTRAL"),
+    ],
+    "conditional": [
+        ("#### Buy now; sell above 3,100.", "APE IN"),
+        ("#### APE NEUTRAL for now, APE IN if it dips below 2,400", "APE NEUTRAL"),
+        ("#### Sell 0.2 ETH, then hold", "APE OUT"),
+        ("#### Buy if it dips below 2,400.", None),
+    ],
+    "format": [
+        ("share 20%\nunderweight\nbuy 0.5 ETH", "APE IN"),  # no separator
+        ("**Decision:** Sell", "APE OUT"),
+        ("**Final Answer**\n\\boxed{APE NEUTRAL}", "APE NEUTRAL"),
+        ("#### ape out", "APE OUT"),
+        ("#### apein", "APE IN"),
+        ("thinking with no opening tag\n</think>\n#### APE IN", "APE IN"),
+        ("#### APE IN\n\n**Final Answer**\n\\boxed{APE IN}", "APE IN"),  # twice, the same
+        ("#### APE IN\n\\boxed{APE OUT}", None),  # two different finals
+        ("Decision: APE OUT\n\n#### APE NEUTRAL", None),
+        ("#### APE IN or APE OUT", None),
+    ],
+    "truncated": [
+        ("</think>\nshare 70%\noverweight\n#### APE", None),  # cut before the decision
+        ("</think>\nshare 70%\n#### APE OUT 0.3 ETH\n\nThis brings the share ba", "APE OUT"),  # after
+        ("Okay, the share is 70%, so I should sell some. Let me compute the amount: value", None),
+        ("<think>\nSo APE OUT. But wait", None),
+    ],
+    "refusal": [
+        ("I can't provide financial advice.", None),
+        ("#### It depends on your risk appetite", None),
+        ("Not financial advice, but: APE IN.", "APE IN"),
+    ],
+}
+
+
+def test_plain_reads_each_category():
+    for cat, cases in PLAIN.items():
+        for text, want in cases:
+            a = _plain(text)
+            assert (a.decision if a.valid else None) == want, (cat, text, a)
+            assert a.valid == (want is not None) and (a.valid or a.reason in REASONS), (cat, text)
+
+
+def test_plain_reasons():
+    assert _plain("#### Don't buy.").reason == NEGATED_ONLY
+    assert _plain("#### Buy if it dips below 2,400.").reason == CONDITIONAL_ONLY
+    assert _plain("I can't provide financial advice.").reason == REFUSAL
+    assert _plain("#### It depends").reason == UNDECIDED
+    assert _plain("#### APE IN\n#### APE OUT").reason == SEVERAL_ACTIONS
+    assert _plain("Okay, so I should sell... let me check the value").reason == UNFINISHED_THINK
+    assert _plain("#### Rebalance", share=None).reason == REBALANCE_UNKNOWN
+    assert _plain("#### weather is nice").reason == NO_ACTION
+
+
+def test_rebalance_direction_from_the_share():
+    assert _plain("#### Rebalance toward 50/50", share=72).decision == "APE OUT"
+    assert _plain("#### Rebalance toward 50/50", share=28).decision == "APE IN"
+    assert not _plain("#### Rebalance toward 50/50", share=50.3).valid  # at target: no direction
+    assert _plain("#### Rebalance to 60/40", share=70).decision == "APE OUT"
+    assert not _plain("#### Rebalance to 60/40", share=55).valid  # between 40 and 60
+    assert _plain("#### Rebalance 0.3 ETH into USDC", share=None).decision == "APE OUT"
+    # Without a share from the caller, the answer's own drafts give it.
+    a = _plain("ETH share 74%\n#### Rebalance", share=None)
+    assert a.decision == "APE OUT" and a.via == "rebalance" and a.mapped
+
+
+def test_amount_and_unit():
+    a = _plain("#### APE IN 0.25 ETH")
+    assert (a.amount, a.unit, a.amount_eth) == (0.25, "ETH", 0.25)
+    a = _plain("#### APE IN 2,000 USDC", price=2500.0)
+    assert (a.amount, a.unit, a.amount_eth) == (2000.0, "USDC", 0.8)
+    a = _plain("#### APE IN 2,000 USDC", price=None)  # no price: not converted
+    assert (a.amount, a.unit, a.amount_eth) == (2000.0, "USDC", None)
+    assert _plain("#### APE OUT 25%").amount is None  # a share is no amount
+    assert _plain("#### APE OUT at 2,500", price=2500.0).amount is None  # a price level
+    assert _plain("#### APE OUT 2500 USDC", price=2500.0).amount is None  # the price, copied
+    assert _plain("#### APE IN 0.3 ETH at 2,450 USDC", price=2450.0).amount_eth == 0.3
+    assert _plain("#### APE IN $1,500 worth of ETH").unit == "USDC"
+    assert _plain("#### APE IN 1.5k USDC").amount == 1500.0
+    assert _plain("#### APE OUT 0.1-0.2 ETH").amount is None  # a range: unsure
+    assert _plain("#### APE NEUTRAL 0.5 ETH").amount is None  # holding moves nothing
+    assert _plain("#### Swap 1,500 USDC for 0.6 ETH").amount == 1500.0
+
+
+def test_strict_mode_is_unchanged():
+    # Only canaries count, the last separator wins, no reading of plain words.
+    for text in ("#### Sell 1,500 USDC for ETH", "#### 买入", "#### HODL", "**Decision:** Buy"):
+        assert parse_answer(text).reason == "no action", text
+    assert parse_answer("#### Not APE IN").decision == "APE IN"  # no negation in strict mode
+    assert parse_answer("x\n#### APE NEUTRAL\n#### APE IN 1 ETH").decision == "APE IN"
+    a = parse_answer("x\n#### APE OUT 2,5 eth")
+    assert (a.amount_eth, a.amount, a.unit, a.via) == (2.5, 2.5, "ETH", None)
+    assert parse_answer("x\n#### APE IN 500 USDC").amount is None
+
+
+def test_drafts_in_plain_mode():
+    a = _plain("</think>\n- **share** 20%\n| trend | up |\n|---|---|\nDecision: APE IN\n#### APE IN")
+    assert a.drafts == ["share 20%", "trend up"]  # markdown removed, the decision line left out
+    a = _plain("share 70%, flat. Action: sell 0.5 ETH")  # no separator: the text before it
+    assert a.drafts == ["share 70%, flat."] and a.amount_eth == 0.5
+
+
+def test_clean_uses_the_market_state():
+    c = clean_answer("underweight\n#### Swap 1,000 USDC for ETH", share_pct=20.0, price=2500.0)
+    assert c.ok and c.completion == "underweight\n#### APE IN 0.4 ETH" and c.via == "swap"
+    c = clean_answer("overweight\n#### Rebalance toward 50/50", share_pct=80.0, price=2500.0)
+    assert c.ok and c.completion == "overweight\n#### APE OUT" and c.via == "rebalance"
+    assert clean_answer("overweight\n#### Rebalance toward 50/50").reason == REBALANCE_UNKNOWN
