@@ -33,7 +33,7 @@ from apeagent.errors import UserError
 from apeagent.layout import RunLayout
 from apeagent.redact import redact, redact_obj, redact_url
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 VERSIONED = ("apeagent", "mlx", "mlx-lm", "torch", "numpy", "web3")
 

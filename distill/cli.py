@@ -18,7 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Chain-of-Draft teacher answers (rules, mlx-lm, OpenAI-compatible) and canary datasets.",
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 @app.callback()

@@ -19,7 +19,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Fine-tune the student with mlx-lm: LoRA, fuse, canary evaluation, tiny offline models.",
 )
-console = Console()
+console = Console(soft_wrap=True)
 
 
 @app.callback()

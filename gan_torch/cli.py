@@ -19,7 +19,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="WGAN-GP on real swap bars: train, generate synthetic windows, validate, benchmark devices.",
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 SHARED_CSV = Path("../shared/data/base_eth_usdc_v4_swaps.csv")
 
 
