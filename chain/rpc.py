@@ -213,7 +213,8 @@ class Client:
                 if avoid is not None and len(pool) > 1:
                     pool = [e for e in pool if e is not avoid]
                 now = time.monotonic()
-                self.rr += 1
+                if len(pool) > 1:  # a forced choice does not move the rotation: a chunk and
+                    self.rr += 1  # its cross-check would otherwise lock every chunk to one endpoint
                 order = pool[self.rr % len(pool) :] + pool[: self.rr % len(pool)]
                 waits = [e.ready(now) for e in order]
                 for e, w in zip(order, waits, strict=True):
