@@ -2,8 +2,8 @@
 """Swap-level fidelity of the GAN's decoded swap events (issue 18), before/after, over seeds.
 
 Per seed: trains the tiny-preset GAN on the training period of the shared CSV (bars and
-swaps via `ape-chain process`), generates windows for the held-out test conditions, decodes
-them to swap events with the `uniform` decoder (before) and the `bootstrap` decoder (after),
+swaps via `ape-chain process`), generates the windows validate scores (conditions drawn
+from the training bank, as `generate` does), decodes them to swap events with the `uniform` decoder (before) and the `bootstrap` decoder (after),
 and scores each against the held-out real swaps (the last 20%), next to per-swap GBM, a
 block bootstrap of real training swaps and the real training swaps (floor): the
 discriminative score of a classifier on windows of 24 consecutive swaps (returns-only
@@ -11,9 +11,9 @@ statistics, as in the issue, and all statistics: returns, sizes, gaps), KS of pe
 returns / sizes / gaps, excess kurtosis and max |r|. Also: window joins, i.e. price jumps of
 more than 2% between consecutive windows (independent windows, each anchored at a random
 training close, vs `generate --continuous`), and the bar-level scores of the independent and
-the continuous windows (discriminative, mean KS, ACF(|r|) error): windows for the held-out
-test conditions (what validate scores), for real training conditions (what `generate`
-writes by default) and one continuous path started at the first test condition.
+the continuous windows (discriminative, mean KS, ACF(|r|) error): validate's windows, the
+same drawn through the sampler `generate` uses (the two rows must agree), and one
+continuous path started at the first test condition.
 
     .venv/bin/python benchmarks/bench_gan_swaps.py --seeds 5 --out runs/bench/gan_swaps.json
 """
@@ -66,7 +66,7 @@ def one_seed(bars_path: Path, swaps_path: Path, cfg: dict, work: Path, plots: Pa
     from gan_torch.validate import gan_windows
 
     n = max(4 * len(ds["test"]["raw"]), 64)
-    fake = gan_windows(ckpt, ds["test"]["cond_raw"], n, seed)
+    fake = gan_windows(ckpt, n, seed)  # the windows validate scores: training conditions
     before = swap_validation(swaps_path, ds, cfg, fake, work, seed, ckpt, plots=False,
                              decoder="uniform")
     validate_s = time.perf_counter() - t0
@@ -97,8 +97,8 @@ def one_seed(bars_path: Path, swaps_path: Path, cfg: dict, work: Path, plots: Pa
         "before": before,
         "joins": {"independent": joins(raw_ind, anchors), "continuous": joins(raw_c, anchors_c)},
         "bar_level": {
-            "test conditions (validate)": {k: bar[k] for k in pick},
-            "training conditions (generate)": {k: bar_ind[k] for k in pick},
+            "validate (training conditions)": {k: bar[k] for k in pick},
+            "generate (training conditions)": {k: bar_ind[k] for k in pick},
             "continuous (generate --continuous)": {k: bar_c[k] for k in pick},
         },
     }
