@@ -13,7 +13,10 @@ more than 2% between consecutive windows (independent windows, each anchored at 
 training close, vs `generate --continuous`), and the bar-level scores of the independent and
 the continuous windows (discriminative, mean KS, ACF(|r|) error): validate's windows, the
 same drawn through the sampler `generate` uses (the two rows must agree), and one
-continuous path started at the first test condition.
+continuous path started at the first test condition. Two diagnostic rows: the GAN
+conditioned on the held-out period's own context (as `generate --condition` with that regime;
+not a fair score, it sees the test period) and the real swaps the bootstrap draws from (the
+bars of the training windows), scored like a source.
 
     .venv/bin/python benchmarks/bench_gan_swaps.py --seeds 5 --out runs/bench/gan_swaps.json
 """
@@ -69,6 +72,12 @@ def one_seed(bars_path: Path, swaps_path: Path, cfg: dict, work: Path, plots: Pa
     fake = gan_windows(ckpt, n, seed)  # the windows validate scores: training conditions
     before = swap_validation(swaps_path, ds, cfg, fake, work, seed, ckpt, plots=False,
                              decoder="uniform")
+    # diagnostics: the GAN conditioned on the held-out period's own context (what
+    # `generate --condition` with that regime gives), and the real swaps the bootstrap draws
+    # from (the training windows' bars) scored like a source
+    heldout = swap_validation(swaps_path, ds, cfg, gan_windows(ckpt, n, seed, ds["test"]["cond_raw"]),
+                              work, seed, ckpt, plots=False, decoder="bootstrap")
+    bank = bank_report(swaps_path, ds, cfg, seed)
     validate_s = time.perf_counter() - t0
     # window joins: independent windows (anchors: random real training closes, as generate
     # does) vs one continuous path from the first test condition
@@ -95,6 +104,8 @@ def one_seed(bars_path: Path, swaps_path: Path, cfg: dict, work: Path, plots: Pa
         "train": summary,
         "after": val["swaps"],
         "before": before,
+        "heldout_context": heldout,
+        "bank": bank,
         "joins": {"independent": joins(raw_ind, anchors), "continuous": joins(raw_c, anchors_c)},
         "bar_level": {
             "validate (training conditions)": {k: bar[k] for k in pick},
@@ -104,9 +115,32 @@ def one_seed(bars_path: Path, swaps_path: Path, cfg: dict, work: Path, plots: Pa
     }
 
 
+def bank_report(swaps_path: Path, ds: dict, cfg: dict, seed: int) -> dict:
+    """The bootstrap bank's real swaps (bars of the training windows) against the held-out
+    swaps, one sequence per run of consecutive bars."""
+    from gan_torch import fidelity as V
+    from gan_torch import swaps as S
+
+    sw = S.read_swaps(swaps_path)
+    bar_seconds = int(ds["bar_seconds"])
+    b = S.bar_of(sw, bar_seconds)
+    bank = S.swap_bank(sw, bar_seconds, ds["bounds"]["train"][1], cfg)
+    bank_bar = (bank["bar_start"] - bank["bar_start"][0]) // bar_seconds
+    per_swap_bar = np.repeat(bank_bar, bank["count"])
+    seq = np.concatenate([[0], np.cumsum(np.diff(per_swap_bar) > 1)])
+    dt = np.concatenate([[0.0], np.diff(bank["timestamp"]).astype(np.float64)])
+    keep = np.concatenate([[False], seq[1:] == seq[:-1]])
+    series = {"log_return": bank["r"][keep], "size": bank["size"][keep], "dt": dt[keep],
+              "sequence": seq[keep]}
+    real = S.series(sw, b >= ds["bounds"]["test"][0])
+    return {"sources": {"bank": V.swap_compare(real, series, seed)}}
+
+
 ROWS = (
     ("GAN-decoded swaps, before (uniform)", "before", "gan"),
     ("GAN-decoded swaps, after (bootstrap)", "after", "gan"),
+    ("after, conditioned on the held-out context (diagnostic)", "heldout_context", "gan"),
+    ("real training-window swaps (the bootstrap bank)", "bank", "bank"),
     ("GBM (robust sigma)", "after", "gbm"),
     ("block bootstrap of real swaps", "after", "bootstrap"),
     ("real training swaps (floor)", "after", "real_train"),
@@ -151,6 +185,10 @@ def aggregate(runs: list[dict]) -> dict:
         "disc_beats_block_bootstrap": after["disc. returns"]["mean"] < boot["disc. returns"]["mean"],
         "kurtosis_within_2x": 0.5 <= after["kurtosis"]["mean"] / real_k["mean"] <= 2.0,
         "continuous_no_join_jump": out["joins"]["continuous"]["over_2pct"]["mean"] == 0,
+        "kurtosis_ratio": {
+            label: table[label]["kurtosis"]["mean"] / real_k["mean"]
+            for label, _, _ in ROWS[1:4]
+        },
     }
     return out
 

@@ -161,9 +161,10 @@ def swap_validation(
     plots: bool = True,
     decoder: str | None = None,
 ) -> dict:
-    """Swap-level section: the GAN's test-period windows decoded to swap events (one sequence
-    per window) against the held-out real swaps (the test bars'), with per-swap GBM, a block
-    bootstrap of real training swaps and the real training swaps (floor)."""
+    """Swap-level section: the GAN windows validate scores (``fake_raw``) decoded to swap
+    events (one sequence per window) against the held-out real swaps (the test bars'), with
+    per-swap GBM, a block bootstrap of real training swaps and the real training swaps
+    (floor)."""
     from gan_torch import swaps as S
     from gan_torch.generate import to_windows
 
