@@ -171,10 +171,17 @@ def test_quote_simulation_worse_than_the_checked_price(node, tmp_path, keystore,
 
 def agent_process(node, tmp_path, keystore, *extra):
     env = {**os.environ, "PYTHONPATH": str(REPO), "APE_KEYSTORE_PASSWORD": PASSPHRASE}
-    return subprocess.Popen(
-        [sys.executable, "-m", "agent", *trade_args(node, tmp_path, keystore, *extra)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-    )
+    # Under a shell's background job (CI runners, `make test &`) SIGINT is ignored and the
+    # child would inherit that: Ctrl-C must reach the agent as it does on a terminal. A
+    # handled signal is reset to its default by exec, so handle it while starting the child.
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "agent", *trade_args(node, tmp_path, keystore, *extra)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+        )
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def wait_for(cond, timeout=60.0):
