@@ -3,7 +3,8 @@
 
 Per seed: trains the tiny-preset GAN on the training period of the shared CSV (bars and
 swaps via `ape-chain process`), generates the windows validate scores (conditions drawn
-from the training bank, as `generate` does), decodes them to swap events with the `uniform` decoder (before) and the `bootstrap` decoder (after),
+from the training bank, as `generate` does), decodes them to swap events with the `uniform`
+decoder (before) and the `bootstrap` decoder (after),
 and scores each against the held-out real swaps (the last 20%), next to per-swap GBM, a
 block bootstrap of real training swaps and the real training swaps (floor): the
 discriminative score of a classifier on windows of 24 consecutive swaps (returns-only
@@ -75,8 +76,9 @@ def one_seed(bars_path: Path, swaps_path: Path, cfg: dict, work: Path, plots: Pa
     # diagnostics: the GAN conditioned on the held-out period's own context (what
     # `generate --condition` with that regime gives), and the real swaps the bootstrap draws
     # from (the training windows' bars) scored like a source
-    heldout = swap_validation(swaps_path, ds, cfg, gan_windows(ckpt, n, seed, ds["test"]["cond_raw"]),
-                              work, seed, ckpt, plots=False, decoder="bootstrap")
+    fake_heldout = gan_windows(ckpt, n, seed, ds["test"]["cond_raw"])
+    heldout = swap_validation(swaps_path, ds, cfg, fake_heldout, work, seed, ckpt, plots=False,
+                              decoder="bootstrap")
     bank = bank_report(swaps_path, ds, cfg, seed)
     validate_s = time.perf_counter() - t0
     # window joins: independent windows (anchors: random real training closes, as generate
@@ -136,11 +138,14 @@ def bank_report(swaps_path: Path, ds: dict, cfg: dict, seed: int) -> dict:
     return {"sources": {"bank": V.swap_compare(real, series, seed)}}
 
 
+AFTER = "GAN-decoded swaps, after (bootstrap)"
+HELDOUT = "after, conditioned on the held-out context (diagnostic)"
+BANK = "real training-window swaps (the bootstrap bank)"
 ROWS = (
     ("GAN-decoded swaps, before (uniform)", "before", "gan"),
-    ("GAN-decoded swaps, after (bootstrap)", "after", "gan"),
-    ("after, conditioned on the held-out context (diagnostic)", "heldout_context", "gan"),
-    ("real training-window swaps (the bootstrap bank)", "bank", "bank"),
+    (AFTER, "after", "gan"),
+    (HELDOUT, "heldout_context", "gan"),
+    (BANK, "bank", "bank"),
     ("GBM (robust sigma)", "after", "gbm"),
     ("block bootstrap of real swaps", "after", "bootstrap"),
     ("real training swaps (floor)", "after", "real_train"),
@@ -179,7 +184,7 @@ def aggregate(runs: list[dict]) -> dict:
             for k in runs[0]["bar_level"]
         },
     }
-    after = table["GAN-decoded swaps, after (bootstrap)"]
+    after = table[AFTER]
     boot = table["block bootstrap of real swaps"]
     out["done_when"] = {
         "disc_beats_block_bootstrap": after["disc. returns"]["mean"] < boot["disc. returns"]["mean"],
@@ -187,7 +192,7 @@ def aggregate(runs: list[dict]) -> dict:
         "continuous_no_join_jump": out["joins"]["continuous"]["over_2pct"]["mean"] == 0,
         "kurtosis_ratio": {
             label: table[label]["kurtosis"]["mean"] / real_k["mean"]
-            for label, _, _ in ROWS[1:4]
+            for label in (AFTER, HELDOUT, BANK)
         },
     }
     return out
