@@ -45,8 +45,25 @@ def _config(
     )
 
 
-def _split(text: str | None) -> list[str] | None:
-    return None if text is None else [p.strip() for p in text.split(",") if p.strip()]
+def _overrides(params: dict, rename: dict[str, str]) -> dict:
+    """The agent-section overrides of a command: each parameter that is an agent key (or is
+    renamed to one), as given (None: not given), so an option is declared once: in the
+    signature. Paths become text, a repeated option a list, a comma list a list."""
+    from agent.config import DEFAULTS
+
+    out = {}
+    for name, value in params.items():
+        key = rename.get(name, name)
+        if key not in DEFAULTS:
+            continue
+        if isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, (list, tuple)):
+            value = list(value) or None
+        elif isinstance(value, str) and isinstance(DEFAULTS[key], list):
+            value = [p.strip() for p in value.split(",") if p.strip()]
+        out[key] = value
+    return out
 
 
 def _needs_mlx(policies: list[str], cfg: dict) -> bool:
@@ -120,22 +137,7 @@ def backtest(
 ) -> None:
     """Replay held-out swaps; the student, the rules teacher, buy-and-hold and a 50/50
     rebalancer trade side by side (fees, exact-math impact, gas)."""
-    cfg, dcfg, run = _config(
-        config,
-        run_dir,
-        {
-            "model": model,
-            "adapter": adapter,
-            "endpoint": endpoint,
-            "policies": _split(policies),
-            "holdout_frac": holdout_frac,
-            "interval_minutes": interval_minutes,
-            "max_steps": max_steps,
-            "stateful": stateful,
-            "initial_value_usdc": initial_value,
-            "gas_price_gwei": gas_price_gwei,
-        },
-    )
+    cfg, dcfg, run = _config(config, run_dir, _overrides(locals(), {"initial_value": "initial_value_usdc"}))
     names = list(cfg["policies"])
     if _needs_mlx(names, cfg):
         from apeagent.blas import ensure_fast_blas
@@ -195,8 +197,10 @@ def trade(
         None, "--rpc-url", help="Base JSON-RPC URL; repeat for fallbacks."
     ),
     check_rpc_url: list[str] = typer.Option(
-        None, "--check-rpc-url", help="An independent endpoint whose getSlot0 must agree; repeatable."
+        None, "--check-rpc-url", help="An endpoint of another provider whose getSlot0 must agree: the price anchor; repeatable."
     ),
+    min_price: float = typer.Option(None, "--min-price", help="USDC per ETH: no order below; with --max-price, an anchor."),
+    max_price: float = typer.Option(None, "--max-price", help="USDC per ETH: no order above."),
     policy: str = typer.Option(
         "student", "--policy", help="student | rules | teacher | hold | rebalance."
     ),
@@ -221,6 +225,7 @@ def trade(
     max_trade_eth: float = typer.Option(None, "--max-trade-eth"),
     max_trade_usdc: float = typer.Option(None, "--max-trade-usdc", help="Notional cap of one swap [100]."),
     max_daily_usdc: float = typer.Option(None, "--max-daily-usdc", help="Notional signed per UTC day [500]."),
+    max_daily_eth: float = typer.Option(None, "--max-daily-eth", help="The same in ETH [0.25]."),
     daily_loss_limit_pct: float = typer.Option(None, "--daily-loss-limit-pct"),
     keystore: str = typer.Option(
         None, "--keystore", help="Encrypted keystore JSON (passphrase: $APE_KEYSTORE_PASSWORD or asked)."
@@ -237,59 +242,27 @@ def trade(
     run_dir: Path = RunDirOpt,
 ) -> None:
     """Trade the live pool: paper fills by default; --execute --account ADDR sends Universal
-    Router swaps, each on a price checked across sources and a simulated quote."""
-    cfg, dcfg, run = _config(
-        config,
-        run_dir,
-        {
-            "model": model,
-            "adapter": adapter,
-            "endpoint": endpoint,
-            "rpc_urls": list(rpc_url) if rpc_url else None,
-            "check_rpc_urls": list(check_rpc_url) if check_rpc_url else None,
-            "interval_seconds": interval_seconds,
-            "journal": str(journal) if journal else None,
-            "max_slippage_bps": max_slippage_bps,
-            "max_trade_eth": max_trade_eth,
-            "max_trade_usdc": max_trade_usdc,
-            "max_daily_usdc": max_daily_usdc,
-            "daily_loss_limit_pct": daily_loss_limit_pct,
-            "account": account,
-            "keystore": keystore,
-            "stateful": stateful,
-        },
-    )
-    if dry_run and paper:
-        raise UserError("--dry-run goes with --execute (paper trading never sends anything)")
+    Router swaps, each on a fresh head, a price anchored by an independent source, and a
+    simulated quote."""
+    given = _overrides(locals(), {"rpc_url": "rpc_urls", "check_rpc_url": "check_rpc_urls"})
+    cfg, dcfg, run = _config(config, run_dir, given)
     if iterations < 0:
         raise UserError("--iterations must be >= 0")
+    cfg["allow_high_slippage"] = allow_high_slippage
+    from agent.live import EXECUTE, PAPER, Interrupted, open_session, run_loop
+
+    mode = PAPER if paper else EXECUTE
+    # Flags, key, anchor, chain and RPC problems surface before a model is loaded.
+    session = open_session(
+        cfg, mode=mode, rpc_urls=cfg["rpc_urls"],
+        journal=Path(cfg["journal"]) if cfg["journal"] else run.journal, dry_run=dry_run,
+        fork=fork, confirm=None if yes else _confirm, echo=typer.echo,
+    )
     if _needs_mlx([policy], cfg):
         from apeagent.blas import ensure_fast_blas
 
         ensure_fast_blas()
-    from agent.live import EXECUTE, PAPER, Interrupted, Journal, run_agent
-
     _default_model(cfg, run)
-    mode = PAPER if paper else EXECUTE
-    acct = None
-    if mode == EXECUTE:
-        # Flags, key, chain and RPC problems surface before a model is loaded.
-        from agent.execute import check_slippage, connect, expected_account, load_account
-
-        cfg["allow_high_slippage"] = allow_high_slippage
-        expected_account(cfg)
-        check_slippage(cfg["max_slippage_bps"], allow_high_slippage)
-        if allow_high_slippage and cfg["max_slippage_bps"] > 300:
-            console.print(
-                f"[bold red]WARNING[/bold red]: slippage bound {cfg['max_slippage_bps']} bps: "
-                f"a swap may fill {cfg['max_slippage_bps'] / 100:g}% below the checked price"
-            )
-        if not dry_run:
-            acct = load_account(cfg)
-        connect(cfg["rpc_urls"], fork=fork, expected_chain_id=int(cfg["chain_id"]))
-    journal_path = Path(cfg["journal"]) if cfg["journal"] else run.journal
-    check_output(journal_path)
-    Journal(journal_path)  # a corrupt journal is an error before anything runs
 
     def log(event: dict) -> None:
         console.print(
@@ -298,19 +271,7 @@ def trade(
 
     pols = _make_policies([policy], cfg, dcfg, log=log)
     try:
-        summary = run_agent(
-            pols[policy],
-            cfg,
-            mode=mode,
-            rpc_urls=cfg["rpc_urls"],
-            journal=journal_path,
-            iterations=iterations,
-            dry_run=dry_run,
-            fork=fork,
-            account=acct,
-            confirm=None if yes else _confirm,
-            echo=typer.echo,
-        )
+        summary = run_loop(session, pols[policy], iterations)
     except Interrupted as e:
         console.print(str(e))
         raise typer.Exit(130) from None

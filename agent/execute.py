@@ -86,6 +86,9 @@ class SwapPlan:
     price: float  # the checked mid price, USDC per ETH
     notional_usdc: float  # the trade's size valued at ``price``
     simulated_out: int | None = None  # the Quoter's answer (eth_call), once asked
+    notional_eth: float = 0.0  # the trade's size in ETH (by the anchor once anchored)
+    anchor_out: int | None = None  # the fair output by the independent anchor (agent.anchor)
+    floor_out: int | None = None  # anchor_out * (1 - slippage): min_amount_out never goes below
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -162,6 +165,7 @@ def plan_swap(
         value=int(amount_in) if zero_for_one else 0,
         price=price,
         notional_usdc=notional,
+        notional_eth=amount_in / 1e18 if zero_for_one else notional / price,
     )
 
 
@@ -193,10 +197,13 @@ def simulate_quote(w3, plan: SwapPlan, block: int | str = "latest") -> int:
 
 def apply_simulation(plan: SwapPlan, simulated_out: int, max_slippage_bps: int) -> SwapPlan:
     """Check the simulated output against the exact-math quote at the checked price, then
-    derive the minimum output from the lower of the two (never above the checked quote).
+    derive the minimum output from the lower of the two (never above the checked quote), and
+    never below the anchored floor (``plan.floor_out``, when anchored).
 
     Refused (UserError) when the simulation is worse than the checked quote by more than the
-    slippage bound: the pool, or one of the answers about it, is not what was checked.
+    slippage bound (the pool, or one of the answers about it, is not what was checked), or
+    when the simulation or the quote lies below the anchored floor (the trading endpoint's
+    pool is worse than the independent anchor allows).
     """
     bps = int(max_slippage_bps)
     floor = plan.quote_out * (10_000 - bps) // 10_000
@@ -207,7 +214,13 @@ def apply_simulation(plan: SwapPlan, simulated_out: int, max_slippage_bps: int) 
             f"simulated output {simulated_out} is {short:.2f}% below the checked quote "
             f"{plan.quote_out} (bound {bps / 100:g}%): no order"
         )
-    plan.min_amount_out = min_output(min(int(simulated_out), plan.quote_out), bps)
+    worst = min(int(simulated_out), plan.quote_out)
+    if plan.floor_out is not None and worst < plan.floor_out:
+        raise UserError(
+            f"the trading endpoint's output {worst} is below the anchored floor {plan.floor_out} "
+            f"(fair output {plan.anchor_out} by the anchor, less {bps / 100:g}%): no order"
+        )
+    plan.min_amount_out = max(min_output(worst, bps), plan.floor_out or 0)
     return plan
 
 
@@ -493,3 +506,26 @@ def _error_text(e: Exception) -> str:
     if isinstance(msg, dict):
         msg = msg.get("message", "")
     return (str(msg).splitlines() or [""])[0][:200] or type(e).__name__
+
+
+def rpc_failures() -> tuple[type[BaseException], ...]:
+    """What a JSON-RPC endpoint raises through web3 when it answers an error (a method it does
+    not serve, a refusal, a malformed answer) or cannot be reached mid-run."""
+    import requests
+    from web3.exceptions import Web3Exception
+
+    return (Web3Exception, requests.RequestException)
+
+
+def endpoint_error(url: str, e: BaseException) -> UserError:
+    """An endpoint's failure during trading as one line: the endpoint (redacted) and what it
+    answered (a transport error only by its type: its text carries the URL)."""
+    from web3.exceptions import MethodUnavailable
+
+    what = _error_text(e) if isinstance(e, Exception) else type(e).__name__
+    if isinstance(e, MethodUnavailable):
+        return UserError(
+            f"the RPC endpoint {redact_url(url)} does not serve a method live trading needs "
+            f"({what}): use a full Base node or provider"
+        )
+    return UserError(f"the RPC endpoint {redact_url(url)} failed during trading: {what}")

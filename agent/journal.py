@@ -96,7 +96,7 @@ class Journal:
 
     def transactions(self, account: str) -> dict[str, dict[str, Any]]:
         """Every transaction of ``account`` by hash: ``nonce``, ``deadline``, ``notional_usdc``,
-        ``time`` (signed) and ``outcome`` (the last one journaled)."""
+        ``notional_eth``, ``time`` (signed) and ``outcome`` (the last one journaled)."""
         txs: dict[str, dict[str, Any]] = {}
         for rec in self.records:
             swap = rec.get("swap") or {}
@@ -107,6 +107,7 @@ class Journal:
                     "nonce": swap["nonce"],
                     "deadline": plan.get("deadline", 0),
                     "notional_usdc": plan.get("notional_usdc", 0.0),
+                    "notional_eth": plan.get("notional_eth", 0.0),
                     "time": rec.get("time", 0),
                     "outcome": SIGNED,
                 }
@@ -117,12 +118,13 @@ class Journal:
     def unresolved(self, account: str) -> list[dict[str, Any]]:
         return [t for t in self.transactions(account).values() if t["outcome"] not in RESOLVED]
 
-    def notional_today(self, account: str, now: int) -> float:
-        """USDC notional of the swaps signed for ``account`` this UTC day (refused sends and
-        expired transactions excluded)."""
+    def notional_today(self, account: str, now: int, unit: str = "USDC") -> float:
+        """Notional (``unit`` USDC or ETH) of the swaps signed for ``account`` this UTC day
+        (refused sends and expired transactions excluded)."""
         day = now // 86400
+        key = {"USDC": "notional_usdc", "ETH": "notional_eth"}[unit]
         return sum(
-            t["notional_usdc"]
+            t[key]
             for t in self.transactions(account).values()
             if t["time"] // 86400 == day and t["outcome"] not in NOT_SPENT
         )

@@ -1,26 +1,29 @@
-"""The live agent loop: checked price -> snapshot -> decision -> fill (paper) or swap (execute).
+"""The live agent loop: checks -> snapshot -> decision -> fill (paper) or swap (execute).
 
-Every ``interval_seconds``:
+:func:`open_session` runs every check that needs no decision (flags, account, independent
+check endpoints, an anchor for live orders, journal, key, connections); :func:`run_loop`
+runs :func:`step` every ``interval_seconds``:
 
-1. :func:`agent.prices.check_prices` pins the head block and reads the pool's price from
-   independent sources (``getSlot0``, the latest Swap event, ``check_rpc_urls``). If they
-   disagree beyond ``price_tolerance_pct``, nothing is decided or traded: the iteration's
-   journal line has ``refused`` and ``price_check`` (which sources disagreed), and a log
-   line says so.
+1. :func:`market_check`: the freshness of every endpoint (chain id, head block age, head
+   advancing; :mod:`agent.anchor`), then the price sources at the pinned head
+   (:func:`agent.prices.check_prices`: ``getSlot0``, the latest Swap event, the check
+   endpoints), then the anchor. Any problem: nothing is decided or traded; the journal line
+   has ``refused``, ``refused_by`` (the reason codes) and ``price_check``.
 2. :func:`chain.snapshot.snapshot` reads the last window of swaps (``window_bars`` bars); the
    market state is built from it, at the checked price; the policy decides.
-3. paper (the default): the decision is filled against the checked pool state with the
-   exact pool math (fee, impact, gas) into a simulated portfolio, resumed from the journal
-   on restart. Nothing is ever signed or sent.
-4. execute (opt-in, ``--execute --account ADDRESS``): the portfolio is the account's on-chain
-   balances; a trade is sized at the checked price, cut to ``max_trade_usdc`` and refused
-   beyond ``max_daily_usdc`` for the UTC day; balances and allowances are checked; the
-   output is simulated with the V4 Quoter (``eth_call``) and refused when it is worse than
-   the checked quote by more than the slippage bound; the first order of a run is
-   confirmed on the terminal (unless ``--yes``). Then, journal first: the transaction is
-   signed, its hash and intent are journaled (fsync), and only then broadcast; every outcome
-   is a journal line (:mod:`agent.journal`). ``dry_run`` needs only the address: it builds
-   the transaction, prints the calldata and signs nothing.
+3. the executor. :func:`paper_fill` (the default): the decision is filled against the
+   checked pool state with the exact pool math (fee, impact, gas) into a simulated
+   portfolio, resumed from the journal on restart; nothing is ever signed or sent.
+   :func:`live_order` (opt-in, ``--execute --account ADDRESS``): the portfolio is the
+   account's on-chain balances; a trade is sized at the anchored price and cut to the
+   per-trade caps in ETH and USDC, refused beyond the day's ETH and USDC limits; balances
+   and allowances are checked; the output is simulated with the V4 Quoter (``eth_call``) and
+   refused when it is worse than the checked quote by more than the slippage bound or below
+   the anchored floor; the first order of a run is confirmed on the terminal (unless
+   ``--yes``). Then, journal first: the transaction is signed, its hash and intent are
+   journaled (fsync), and only then broadcast; every outcome is a journal line
+   (:mod:`agent.journal`). ``dry_run`` needs only the address: it builds the transaction,
+   prints the calldata and signs nothing.
 
 On start, execute mode reconciles the journal's unresolved transactions by hash
 (:func:`reconcile`) before any new order; a new transaction's nonce is the node's pending
@@ -33,12 +36,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from agent import anchor as anc
 from agent.journal import Journal
-from agent.policies import Trade
+from agent.policies import History, Trade
 from agent.portfolio import USDC_UNIT, WEI, Portfolio, gas_wei, initial_portfolio, trade
 from apeagent.config import window_minutes
 from apeagent.errors import UserError
@@ -84,23 +89,33 @@ def _portfolio_view(p: Portfolio, price: float, before: float) -> dict[str, Any]
 
 
 def plan_live(
-    decision: str, amount_eth: float | None, value_usdc: float, price: float, cfg: dict
+    decision: str, amount_eth: float | None, value_usdc: float, anchor: dict, cfg: dict
 ) -> tuple[str, int, str | None] | None:
-    """Execution sizing: ``(side, amount_in raw, capped_by)``. As in paper trading, but cut to
-    ``max_trade_usdc`` of notional and never silently shrunk to the balance (a trade the
-    account cannot pay is an error, raised by the balance check)."""
+    """Execution sizing at the anchored price: ``(side, amount_in raw, capped_by)``.
+
+    As in paper trading, but cut to the per-trade caps in both assets -- ``max_trade_eth`` and
+    ``max_trade_usdc`` -- each checked at the anchor's worse end (an ETH input valued at the
+    band's ``high``, a USDC input counted in ETH at its ``low``), so a wrong price cannot
+    inflate the amount; never silently shrunk to the balance (a trade the account cannot pay
+    is an error, raised by the balance check)."""
+    price = float(anchor["price"] or 0.0)
     if decision not in ("APE IN", "APE OUT") or price <= 0:
         return None
     if amount_eth is None or not math.isfinite(amount_eth) or amount_eth <= 0:
         amount_eth = cfg["default_trade_fraction"] * value_usdc / price
     capped = None
-    if amount_eth > cfg["max_trade_eth"]:
-        amount_eth, capped = cfg["max_trade_eth"], "max_trade_eth"
-    if amount_eth * price > cfg["max_trade_usdc"]:
-        amount_eth, capped = cfg["max_trade_usdc"] / price, "max_trade_usdc"
-    if decision == "APE IN":
-        return "buy", int(amount_eth * price * USDC_UNIT), capped
-    return "sell", int(amount_eth * WEI), capped
+    if decision == "APE OUT":
+        if amount_eth > cfg["max_trade_eth"]:
+            amount_eth, capped = cfg["max_trade_eth"], "max_trade_eth"
+        if amount_eth * anchor["high"] > cfg["max_trade_usdc"]:
+            amount_eth, capped = cfg["max_trade_usdc"] / anchor["high"], "max_trade_usdc"
+        return "sell", int(amount_eth * WEI), capped
+    usdc = amount_eth * price
+    if usdc > cfg["max_trade_usdc"]:
+        usdc, capped = cfg["max_trade_usdc"], "max_trade_usdc"
+    if usdc / anchor["low"] > cfg["max_trade_eth"]:
+        usdc, capped = cfg["max_trade_eth"] * anchor["low"], "max_trade_eth"
+    return "buy", int(usdc * USDC_UNIT), capped
 
 
 def _tx_event(j: Journal, tx_hash: str, nonce: int, account: str, outcome: str, **kw) -> None:
@@ -163,200 +178,316 @@ def _wait_receipt(w3, tx_hash: str, timeout_s: float, sleep: Callable[[float], N
         sleep(1.0)
 
 
-def _connect_checks(cfg: dict, fork: bool) -> list[tuple[str, Any]]:
-    from agent import execute as ex
-
-    out = []
-    for url in cfg.get("check_rpc_urls") or []:
-        w3, _ = ex.connect([url], fork=fork, expected_chain_id=int(cfg["chain_id"]))
-        out.append((url, w3))
-    return out
+# ---------------------------------------------------------------- a run: session, loop, step
 
 
-def run_agent(
-    policy,
+@dataclass
+class Session:
+    """What one run holds (plain data): settings, connections, the journal, the account, and
+    what the loop carries from one iteration to the next."""
+
+    cfg: dict
+    mode: str
+    w3: Any
+    url: str
+    chain_id: int
+    journal: Journal
+    checks: list[tuple[str, Any]] = field(default_factory=list)  # (url, web3) per check endpoint
+    anchor_kind: str | None = None  # agent.anchor.anchor_kind
+    dry_run: bool = False
+    fork: bool = False
+    address: str | None = None
+    acct: Any = None
+    gas: int = 0
+    confirm: Callable[[str], bool] | None = None  # asked before the run's first broadcast
+    sleep: Callable[[float], None] = time.sleep
+    echo: Callable[[str], None] = print
+    history: History = field(default_factory=History)
+    seen: dict[str, tuple[int, float]] = field(default_factory=dict)  # endpoint: (head, since)
+    in_flight: dict[str, Any] = field(default_factory=dict)
+
+
+def open_session(
     cfg: dict,
     *,
     mode: str = PAPER,
     rpc_urls: list[str],
     journal: str | Path,
-    iterations: int = 0,
     dry_run: bool = False,
     fork: bool = False,
     account=None,
     confirm: Callable[[str], bool] | None = None,
     sleep: Callable[[float], None] = time.sleep,
     echo: Callable[[str], None] = print,
-) -> dict[str, Any]:
-    """Run the loop ``iterations`` times (0: until interrupted). Returns a short summary.
-
-    ``account``: the signing account (live execution; else loaded from the keystore).
-    ``confirm(text) -> bool`` is asked before the run's first broadcast (None: ``--yes``).
-    """
+) -> Session:
+    """Every check that needs no decision, before a model is loaded: mode and flags, the
+    account and slippage bound, independent check endpoints, an anchor for live orders, the
+    journal, the key (live), then one connection per endpoint (chain id checked)."""
     from agent import execute as ex
-    from agent.prices import check_prices
-    from chain.snapshot import snapshot
+    from apeagent.files import check_output
 
     if mode not in (PAPER, EXECUTE):
         raise UserError(f"unknown agent mode {mode!r}")
-    live = mode == EXECUTE and not dry_run
+    if dry_run and mode == PAPER:
+        raise UserError("--dry-run goes with --execute (paper trading never sends anything)")
+    check_urls = list(cfg.get("check_rpc_urls") or [])
+    anc.check_independent(list(rpc_urls or []), check_urls)
+    kind = anc.anchor_kind(cfg)
+    address = None
     if mode == EXECUTE:
         address = ex.expected_account(cfg)
-        ex.check_slippage(cfg["max_slippage_bps"], cfg.get("allow_high_slippage", False))
+        bps = ex.check_slippage(cfg["max_slippage_bps"], cfg.get("allow_high_slippage", False))
+        if bps > ex.MAX_SLIPPAGE_BPS:
+            echo(f"WARNING: slippage bound {bps} bps: a swap may fill {bps / 100:g}% below the anchored price")
+    check_output(Path(journal))
+    j = Journal(journal)  # a corrupt journal is an error before anything runs
+    if mode == EXECUTE and kind is None:
+        try:
+            anc.require_anchor(cfg)
+        except UserError as e:
+            j.append({"time": int(time.time()), "event": "refused", "mode": mode,
+                      "refused_by": [anc.ANCHOR], "refused": str(e)})
+            raise
+    live = mode == EXECUTE and not dry_run
     acct = (account or ex.load_account(cfg)) if live else None
     if acct is not None and acct.address != address:
         raise UserError(f"the signing key is for {acct.address}, not the expected account {address}")
     w3, url = ex.connect(rpc_urls, fork=fork, expected_chain_id=int(cfg["chain_id"]))
-    checks = _connect_checks(cfg, fork)
-    chain_id = int(w3.eth.chain_id)
-    j = Journal(journal)
-    history = j.history()
-    gas = gas_wei(cfg["gas_units"], cfg["gas_price_gwei"])
-    it, summary = 0, {"iterations": 0, "trades": 0, "unparseable": 0, "halted": 0, "refused": 0}
-    in_flight: dict[str, Any] = {}
+    checks = [(u, ex.connect([u], fork=fork, expected_chain_id=int(cfg["chain_id"]))[0]) for u in check_urls]
+    if kind is None:
+        echo(f"paper mode on one endpoint ({redact_url(url)}): its prices are checked against "
+             "each other only, not against an independent source (--check-rpc-url)")
+    return Session(
+        cfg=cfg, mode=mode, w3=w3, url=url, chain_id=int(w3.eth.chain_id), journal=j,
+        checks=checks, anchor_kind=kind, dry_run=dry_run, fork=fork, address=address, acct=acct,
+        gas=gas_wei(cfg["gas_units"], cfg["gas_price_gwei"]), confirm=confirm, sleep=sleep,
+        echo=echo, history=j.history(),
+    )
+
+
+def run_agent(policy, cfg: dict, *, iterations: int = 0, **session) -> dict[str, Any]:
+    """:func:`open_session` (keywords: ``mode``, ``rpc_urls``, ``journal``, ``dry_run``,
+    ``fork``, ``account``, ``confirm``, ``sleep``, ``echo``), then :func:`run_loop`."""
+    return run_loop(open_session(cfg, **session), policy, iterations)
+
+
+def run_loop(s: Session, policy, iterations: int = 0) -> dict[str, Any]:
+    """Run :func:`step` ``iterations`` times (0: until interrupted). Returns a short summary.
+
+    Execute mode first reconciles the journal's unresolved transactions. An endpoint's error
+    answer (a method it does not serve) or a transport failure ends the run with one line
+    (UserError); a broadcast transaction then is journaled as pending. Ctrl-C is journaled
+    and raises :class:`Interrupted`."""
+    from agent import execute as ex
+
+    summary = {"iterations": 0, "trades": 0, "unparseable": 0, "halted": 0, "refused": 0}
     try:
-        if mode == EXECUTE:
-            reconcile(w3, j, address, sleep=sleep, echo=echo)
-        while not iterations or it < iterations:
-            if it:
-                sleep(float(cfg["interval_seconds"]))
-            now = int(time.time())
-            rec: dict[str, Any] = {
-                "time": now,
-                "utc": datetime.fromtimestamp(now, tz=timezone.utc).isoformat(timespec="seconds"),
-                "iteration": it,
-                "mode": mode,
-                "policy": getattr(policy, "name", type(policy).__name__),
-                "chain_id": chain_id,
-            }
-            pool, report = check_prices(w3, cfg, checks)
-            rec["price_check"] = report
-            rec["block"] = report["block"]
-            it += 1
-            summary["iterations"] = it
-            if pool is None:
-                rec["refused"] = "price check: " + "; ".join(report["problems"])
-                summary["refused"] += 1
-                j.append(rec)
-                echo(f"[{rec['utc']}] block {report['block']}: NO ORDER, {rec['refused']}")
-                continue
-            snap = snapshot(
-                [url],
-                minutes=window_minutes(cfg),
-                allow_chain_id=chain_id if fork else None,
-                max_retries=3,
-            )
-            snap["price"] = price = pool.price  # the checked price, not a second reading
-            sqrt_p, liq, fee = pool.sqrt_price_x96, pool.liquidity, pool.lp_fee
-            if mode == PAPER:
-                portfolio = j.last_portfolio(PAPER) or initial_portfolio(
-                    cfg["initial_value_usdc"], cfg["initial_eth_share"], price
-                )
-            else:
-                wei, usdc = ex.balances(w3, address)
-                portfolio = Portfolio(eth_wei=wei, usdc=usdc)
-            before = portfolio.value_usdc(price)
-            if not history.start_value_usdc:
-                history.start_value_usdc = before
-            state = state_from_snapshot(snap, portfolio)
-            d = policy.decide(state, history)
-            rec.update(
-                price=price,
-                state=state.to_dict(),
-                decision=d.decision,
-                amount_eth=d.amount_eth,
-                valid=d.valid,
-            )
-            if d.raw:
-                rec.update(raw=d.raw, reason=d.reason, latency_s=d.latency_s)
-            summary["unparseable"] += 0 if d.valid else 1
-            day_start = j.day_start_value(now, mode) or before
-            halted = before < day_start * (1.0 - cfg["daily_loss_limit_pct"] / 100.0)
-            rec["halted"] = halted
-            summary["halted"] += int(halted)
-            rec["portfolio"] = _portfolio_view(portfolio, price, before)
-            if halted:
-                pass  # the day's loss limit is hit: decisions are journaled, nothing trades
-            elif mode == PAPER:
-                fill = trade(portfolio, d.decision, d.amount_eth, sqrt_p, liq, fee, cfg)
-                rec["fill"] = fill.to_dict() if fill else None
-                rec["portfolio"] = _portfolio_view(portfolio, price, before)
-                if fill:
-                    history.add(Trade(now, d.decision, fill.eth_delta, fill.exec_price))
-                    summary["trades"] += 1
-            else:
-                rec["account"] = address
-                planned = plan_live(d.decision, d.amount_eth, before, price, cfg)
-                if planned:
-                    sent = _order(
-                        w3, j, rec, planned, pool, cfg, address=address, acct=acct,
-                        chain_id=chain_id, gas=gas, dry_run=dry_run, confirm=confirm,
-                        in_flight=in_flight, sleep=sleep, echo=echo,
-                    )
-                    confirm = None if sent else confirm  # asked once per run
-                    summary["trades"] += int(sent)
-                    summary["refused"] += int(bool(rec.get("refused")))
-                    if rec.get("swap", {}).get("tx_hash"):
-                        continue  # journaled when signed (journal first)
-            j.append(rec)
-            echo(
-                f"[{rec['utc']}] block {report['block']} price {price:.2f} -> {d.decision}"
-                f"{'' if d.valid else ' (unparseable answer)'}{' HALTED (daily loss limit)' if halted else ''}"
-                f"{'  NO ORDER: ' + rec['refused'] if rec.get('refused') else ''}"
-                f"  value {rec['portfolio']['value_usdc']:.2f} USDC"
-            )
+        try:
+            if s.mode == EXECUTE:
+                reconcile(s.w3, s.journal, s.address, sleep=s.sleep, echo=s.echo)
+            while not iterations or summary["iterations"] < iterations:
+                if summary["iterations"]:
+                    s.sleep(float(s.cfg["interval_seconds"]))
+                rec, traded = step(s, policy, summary["iterations"])
+                summary["iterations"] += 1
+                summary["trades"] += int(traded)
+                summary["refused"] += int(bool(rec.get("refused")))
+                summary["halted"] += int(bool(rec.get("halted")))
+                summary["unparseable"] += int(not rec.get("valid", True))
+        except ex.rpc_failures() as e:
+            if s.in_flight.get("broadcast"):
+                f = s.in_flight
+                _tx_event(s.journal, f["tx_hash"], f["nonce"], f["account"], "pending")
+            s.in_flight.clear()
+            raise ex.endpoint_error(s.url, e) from None
     except KeyboardInterrupt:
-        if in_flight:
-            _tx_event(j, in_flight["tx_hash"], in_flight["nonce"], in_flight["account"],
-                      "interrupted", broadcast=in_flight["broadcast"])
+        f = s.in_flight
+        if f:
+            _tx_event(s.journal, f["tx_hash"], f["nonce"], f["account"], "interrupted",
+                      broadcast=f["broadcast"])
             raise Interrupted(
-                f"interrupted with transaction {in_flight['tx_hash']} "
-                f"{'broadcast' if in_flight['broadcast'] else 'signed, not broadcast'}: "
+                f"interrupted with transaction {f['tx_hash']} "
+                f"{'broadcast' if f['broadcast'] else 'signed, not broadcast'}: "
                 "it is in the journal; the next start reconciles it"
             ) from None
-        j.append({"time": int(time.time()), "event": "interrupted", "mode": mode})
+        s.journal.append({"time": int(time.time()), "event": "interrupted", "mode": s.mode})
         raise Interrupted("interrupted: no transaction was in flight") from None
-    summary["journal"] = str(journal)
-    summary["rpc"] = redact_url(url)
+    summary["journal"] = str(s.journal.path)
+    summary["rpc"] = redact_url(s.url)
     return summary
 
 
-def _order(
-    w3, j: Journal, rec: dict, planned, pool, cfg: dict, *, address: str, acct, chain_id: int,
-    gas: int, dry_run: bool, confirm, in_flight: dict, sleep, echo,
-) -> bool:
-    """One execution: limits, funds, simulation, confirmation, then journal -> broadcast ->
-    receipt. Returns whether a transaction was broadcast. A refusal sets ``rec["refused"]``."""
-    from agent import execute as ex
+LABELS = {anc.CHAIN_ID: "chain id", anc.HEAD_LAG: "stale head", anc.HEAD_STALLED: "head not advancing",
+          anc.PRICE: "price check", anc.ANCHOR: "anchor"}
 
+
+def market_check(s: Session, now: float) -> tuple[Any, dict | None, dict[str, Any]]:
+    """Freshness of every endpoint, then the price sources at the pinned head, then the
+    anchor: ``(pool state | None, anchor | None, report)``. ``report["refused_by"]``: the
+    reason codes (agent.anchor.REASONS) of the problems, in the order they were found."""
+    from agent import execute as ex
+    from agent.prices import check_name, check_prices
+
+    found: list[tuple[str, str]] = []
+    fresh: dict[str, dict] = {}
+    for name, w3 in [(redact_url(s.url), s.w3)] + [(check_name(u), w) for u, w in s.checks]:
+        try:
+            fresh[name] = anc.freshness(w3, name, s.cfg, s.chain_id, s.seen, now)
+        except ex.rpc_failures() as e:
+            if w3 is s.w3:
+                raise
+            fresh[name] = {"problems": [(anc.ANCHOR, f"{name} failed ({type(e).__name__})")]}
+        found += fresh[name].pop("problems")
+    trading = fresh[redact_url(s.url)]
+    report: dict[str, Any] = {"block": trading.get("head"), "freshness": fresh}
+    pool = anchor = None
+    if not found:
+        heads = {n: f["head"] for n, f in fresh.items() if n.startswith("check:")}
+        pool, prices, check_pools = check_prices(s.w3, s.cfg, s.checks, block=trading["head"],
+                                                 check_heads=heads)
+        report.update(prices)
+        found += [(anc.ANCHOR if p.startswith("check:") else anc.PRICE, p) for p in prices["problems"]]
+        if pool is not None and s.anchor_kind is not None:
+            anchor, problems = anc.anchor_band(prices, check_pools, s.cfg)
+            found += [(anc.ANCHOR, p) for p in problems]
+    report["anchor"] = anc.public(anchor)
+    report["problems"] = [f"{LABELS[code]}: {text}" for code, text in found]
+    report["refused_by"] = list(dict.fromkeys(code for code, _ in found))
+    report["ok"] = not found
+    return (pool, anchor, report) if not found else (None, None, report)
+
+
+def step(s: Session, policy, it: int) -> tuple[dict[str, Any], bool]:
+    """One iteration: checks -> snapshot -> state -> decision -> the paper or live executor.
+    Journals the iteration (a live swap's record is journaled when signed) and returns
+    ``(record, traded)``."""
+    from chain.snapshot import snapshot
+
+    now = int(time.time())
+    rec: dict[str, Any] = {
+        "time": now,
+        "utc": datetime.fromtimestamp(now, tz=timezone.utc).isoformat(timespec="seconds"),
+        "iteration": it, "mode": s.mode, "policy": getattr(policy, "name", type(policy).__name__),
+        "chain_id": s.chain_id,
+    }
+    pool, anchor, report = market_check(s, now)
+    rec.update(price_check=report, block=report["block"])
+    if pool is None:
+        rec.update(refused_by=report["refused_by"], refused="; ".join(report["problems"]))
+        s.journal.append(rec)
+        s.echo(f"[{rec['utc']}] block {report['block']}: NO ORDER, {rec['refused']}")
+        return rec, False
+    snap = snapshot([s.url], minutes=window_minutes(s.cfg),
+                    allow_chain_id=s.chain_id if s.fork else None, max_retries=3)
+    snap["price"] = pool.price  # the checked price, not a second reading
+    price = anchor["price"] if anchor else pool.price  # what the portfolio is valued at
+    if s.mode == PAPER:
+        portfolio = s.journal.last_portfolio(PAPER) or initial_portfolio(
+            s.cfg["initial_value_usdc"], s.cfg["initial_eth_share"], price)
+    else:
+        from agent import execute as ex
+
+        wei, usdc = ex.balances(s.w3, s.address)
+        portfolio = Portfolio(eth_wei=wei, usdc=usdc)
+    before = portfolio.value_usdc(price)
+    if not s.history.start_value_usdc:
+        s.history.start_value_usdc = before
+    state = state_from_snapshot(snap, portfolio)
+    d = policy.decide(state, s.history)
+    rec.update(price=pool.price, state=state.to_dict(), decision=d.decision, amount_eth=d.amount_eth,
+               valid=d.valid)
+    if d.raw:
+        rec.update(raw=d.raw, reason=d.reason, latency_s=d.latency_s)
+    day_start = s.journal.day_start_value(now, s.mode) or before
+    rec["halted"] = halted = before < day_start * (1.0 - s.cfg["daily_loss_limit_pct"] / 100.0)
+    rec["portfolio"] = _portfolio_view(portfolio, price, before)
+    journaled = traded = False
+    if not halted:  # the day's loss limit is hit: decisions are journaled, nothing trades
+        executor = paper_fill if s.mode == PAPER else live_order
+        journaled, traded = executor(s, rec, d, pool, anchor, portfolio, before)
+    if not journaled:
+        s.journal.append(rec)
+        s.echo(
+            f"[{rec['utc']}] block {report['block']} price {pool.price:.2f} -> {d.decision}"
+            f"{'' if d.valid else ' (unparseable answer)'}{' HALTED (daily loss limit)' if halted else ''}"
+            f"{'  NO ORDER: ' + rec['refused'] if rec.get('refused') else ''}"
+            f"  value {rec['portfolio']['value_usdc']:.2f} USDC"
+        )
+    return rec, traded
+
+
+def paper_fill(s: Session, rec: dict, d, pool, anchor, portfolio: Portfolio, before: float):
+    """The paper executor: fill against the checked pool state with the exact pool math into
+    the simulated portfolio. Returns ``(journaled, traded)``: never journaled here."""
+    fill = trade(portfolio, d.decision, d.amount_eth, pool.sqrt_price_x96, pool.liquidity,
+                 pool.lp_fee, s.cfg)
+    rec["fill"] = fill.to_dict() if fill else None
+    rec["portfolio"] = _portfolio_view(portfolio, anchor["price"] if anchor else pool.price, before)
+    if fill:
+        s.history.add(Trade(rec["time"], d.decision, fill.eth_delta, fill.exec_price))
+    return False, fill is not None
+
+
+def live_order(s: Session, rec: dict, d, pool, anchor, portfolio: Portfolio, before: float):
+    """The live executor: size at the anchor, then :func:`_order`. Returns ``(journaled,
+    broadcast)``; a refusal sets ``rec["refused"]``."""
+    rec["account"] = s.address
+    planned = plan_live(d.decision, d.amount_eth, before, anchor, s.cfg)
+    if not planned:
+        return False, False
     side, amount_in, capped = planned
     if capped:
         rec["capped_by"] = capped
+    plan = _checked_plan(s, rec, side, amount_in, pool, anchor)
+    if plan is None:
+        return False, False
+    return _sign_and_send(s, rec, plan)
+
+
+def _checked_plan(s: Session, rec: dict, side: str, amount_in: int, pool, anchor: dict):
+    """The swap plan, anchored (notional in both assets, the fair output and the floor of the
+    minimum output), within the day's limits, paid for, and simulated; None when refused
+    (``rec["refused"]``). Missing funds are an error (journaled, raised)."""
+    from agent import execute as ex
+
+    cfg, bps = s.cfg, s.cfg["max_slippage_bps"]
     try:
-        plan = ex.plan_swap(
-            side, amount_in, pool.sqrt_price_x96, pool.liquidity, pool.lp_fee,
-            cfg["max_slippage_bps"], cfg["deadline_seconds"],
-        )
-        today = j.notional_today(address, rec["time"])
-        if today + plan.notional_usdc > cfg["max_daily_usdc"]:
-            rec["refused"] = (
-                f"daily notional limit: {today:.2f} USDC signed today + {plan.notional_usdc:.2f} "
-                f"> max_daily_usdc {cfg['max_daily_usdc']:g}"
-            )
-            rec["swap"] = {"plan": plan.to_dict()}
-            return False
-        ex.check_funds(w3, address, plan, gas)
+        plan = ex.plan_swap(side, amount_in, pool.sqrt_price_x96, pool.liquidity, pool.lp_fee,
+                            bps, cfg["deadline_seconds"])
+        plan.notional_usdc, plan.notional_eth = anc.notional(plan.zero_for_one, amount_in, anchor)
+        plan.anchor_out = anc.anchored_output(plan.zero_for_one, amount_in, anchor)
+        plan.floor_out = ex.min_output(plan.anchor_out, bps)
+        rec["swap"] = {"plan": plan.to_dict()}
+        for unit, key, amount in (("USDC", "max_daily_usdc", plan.notional_usdc),
+                                  ("ETH", "max_daily_eth", plan.notional_eth)):
+            today = s.journal.notional_today(s.address, rec["time"], unit)
+            if today + amount > cfg[key]:
+                rec["refused"] = (f"daily notional limit: {today:.{2 if unit == 'USDC' else 6}f} {unit} "
+                                  f"signed today + {amount:.{2 if unit == 'USDC' else 6}f} > {key} {cfg[key]:g}")
+                return None
+        ex.check_funds(s.w3, s.address, plan, s.gas)
     except UserError as e:
+        rec.pop("swap", None)
         rec["error"] = str(e)
-        j.append(rec)
+        s.journal.append(rec)
         raise
     try:
-        ex.apply_simulation(plan, ex.simulate_quote(w3, plan, pool.block), cfg["max_slippage_bps"])
+        ex.apply_simulation(plan, ex.simulate_quote(s.w3, plan, pool.block), bps)
     except UserError as e:
         rec["refused"] = str(e)
+        return None
+    finally:
         rec["swap"] = {"plan": plan.to_dict()}
-        return False
-    nonce = ex.next_nonce(w3, address)
+    return plan
+
+
+def _sign_and_send(s: Session, rec: dict, plan) -> tuple[bool, bool]:
+    """Nonce, transaction, dry run or confirmation, then journal -> broadcast -> receipt.
+    Returns ``(journaled, broadcast)``."""
+    from agent import execute as ex
+
+    j, address = s.journal, s.address
+    nonce = ex.next_nonce(s.w3, address)
     used = j.highest_used_nonce(address)
     if nonce <= used:
         rec["error"] = (
@@ -365,46 +496,48 @@ def _order(
         )
         j.append(rec)
         raise UserError(rec["error"])
-    tx = ex.build_transaction(w3, address, plan, chain_id, nonce)
+    tx = ex.build_transaction(s.w3, address, plan, s.chain_id, nonce)
     rec["swap"] = {"plan": plan.to_dict(), "to": tx["to"], "value": tx["value"], "nonce": nonce}
-    if dry_run:
+    if s.dry_run:
         rec["swap"]["calldata"] = tx["data"]
-        echo(f"dry run: {side} {amount_in} (min out {plan.min_amount_out}, simulated "
-             f"{plan.simulated_out}) to {tx['to']}")
-        echo(f"calldata {tx['data']}")
-        return False
-    if confirm is not None:
-        what = (f"{'sell' if plan.zero_for_one else 'buy'} ETH: {amount_in} "
-                f"{'wei' if plan.zero_for_one else 'USDC units'} (~{plan.notional_usdc:.2f} USDC) "
-                f"at {plan.price:.2f}, min out {plan.min_amount_out}, from {address} on chain "
-                f"{chain_id}. Sign and send?")
-        if not confirm(what):
+        s.echo(f"dry run: {plan.side} {plan.amount_in} (min out {plan.min_amount_out}, simulated "
+               f"{plan.simulated_out}, anchored floor {plan.floor_out}) to {tx['to']}")
+        s.echo(f"calldata {tx['data']}")
+        return False, False
+    if s.confirm is not None:
+        what = (f"{plan.side} ETH: {plan.amount_in} {'wei' if plan.zero_for_one else 'USDC units'} "
+                f"(~{plan.notional_usdc:.2f} USDC, {plan.notional_eth:.6f} ETH by the anchor) at "
+                f"{plan.price:.2f}, min out {plan.min_amount_out}, from {address} on chain "
+                f"{s.chain_id}. Sign and send?")
+        if not s.confirm(what):
             rec["refused"] = "not confirmed on the terminal: nothing was signed"
             j.append(rec)
             raise UserError(rec["refused"])
-    raw, tx_hash = ex.sign(acct, tx)
+        s.confirm = None  # asked once per run
+    raw, tx_hash = ex.sign(s.acct, tx)
     rec["swap"].update(tx_hash=tx_hash, status="signed")
-    in_flight.update(tx_hash=tx_hash, nonce=nonce, account=address, broadcast=False)
+    s.in_flight.update(tx_hash=tx_hash, nonce=nonce, account=address, broadcast=False)
     j.append(rec)  # journal first: the hash and intent are on disk before the node sees it
     try:
-        ex.broadcast(w3, raw, tx_hash)
+        ex.broadcast(s.w3, raw, tx_hash)
     except UserError as e:
         _tx_event(j, tx_hash, nonce, address, "send_failed", error=str(e))
-        in_flight.clear()
+        s.in_flight.clear()
         raise
-    in_flight["broadcast"] = True
+    s.in_flight["broadcast"] = True
     _tx_event(j, tx_hash, nonce, address, "sent")
-    echo(f"[{rec['utc']}] sent {tx_hash} (nonce {nonce}): {side} {amount_in}, min out {plan.min_amount_out}")
-    r = _wait_receipt(w3, tx_hash, float(cfg["receipt_timeout_s"]), sleep)
+    s.echo(f"[{rec['utc']}] sent {tx_hash} (nonce {nonce}): {plan.side} {plan.amount_in}, "
+           f"min out {plan.min_amount_out}")
+    r = _wait_receipt(s.w3, tx_hash, float(s.cfg["receipt_timeout_s"]), s.sleep)
     if r is None:
         _tx_event(j, tx_hash, nonce, address, "pending")
-        in_flight.clear()
+        s.in_flight.clear()
         raise UserError(
-            f"no receipt for {tx_hash} within {cfg['receipt_timeout_s']:g} s: it is journaled "
+            f"no receipt for {tx_hash} within {s.cfg['receipt_timeout_s']:g} s: it is journaled "
             "as pending; the next start reconciles it before any new order"
         )
     outcome = "mined" if r["status"] == 1 else "reverted"
     _tx_event(j, tx_hash, nonce, address, outcome, **r)
-    in_flight.clear()
-    echo(f"[{rec['utc']}] {tx_hash} {outcome} in block {r['block']}")
-    return True
+    s.in_flight.clear()
+    s.echo(f"[{rec['utc']}] {tx_hash} {outcome} in block {r['block']}")
+    return True, True

@@ -130,17 +130,22 @@ def check_prices(
     w3,
     cfg: dict,
     check_w3s: list[tuple[str, Any]] = (),
-) -> tuple[PoolState | None, dict[str, Any]]:
-    """Read every source at one pinned block; ``(pool state, report)``. The pool state is
-    None when the check failed: ``report["problems"]`` says which sources disagreed or failed.
+    *,
+    block: int | None = None,
+    check_heads: dict[str, int] | None = None,
+) -> tuple[PoolState | None, dict[str, Any], dict[str, PoolState]]:
+    """Read every source at one pinned block (``block``, else the head); ``(pool state,
+    report, check pool states by source name)``. The pool state is None when the check
+    failed: ``report["problems"]`` says which sources disagreed or failed.
 
     ``report``: ``block``, ``tolerance_pct``, ``sources`` ({name: price}), ``deviation_pct``
-    ({name: % from the latest swap}), ``problems`` (list of lines), ``ok``.
+    ({name: % from the latest swap}), ``problems`` (list of lines), ``ok``. A check endpoint
+    is read at the same block when it has it (``check_heads``: its head), else at its head.
     """
     tol = float(cfg["price_tolerance_pct"])
-    block = head_block(w3)
+    block = head_block(w3) if block is None else block
     report: dict[str, Any] = {"block": block, "tolerance_pct": tol, "sources": {}, "problems": []}
-    pool = None
+    pool, checks = None, {}
     try:
         pool = read_pool(w3, block)
         report["sources"]["slot0"] = pool.price
@@ -159,10 +164,11 @@ def check_prices(
     except UserError as e:
         report["problems"].append(f"swaps: {e}")
     for url, other in check_w3s:
-        name = f"check:{redact_url(url)}"
+        name = check_name(url)
         try:
-            # Pinned to the same block when the other node has it, else its own head.
-            report["sources"][name] = read_pool(other, min(block, head_block(other))).price
+            head = (check_heads or {}).get(name)
+            checks[name] = read_pool(other, min(block, head_block(other) if head is None else head))
+            report["sources"][name] = checks[name].price
         except Exception as e:  # noqa: BLE001 - any failure of a configured check refuses
             report["problems"].append(f"{name}: {e if isinstance(e, UserError) else type(e).__name__}")
     ref = report["sources"].get("swaps")
@@ -177,4 +183,9 @@ def check_prices(
                     f"by {d:+.2f}% (bound {tol:g}%)"
                 )
     report["ok"] = not report["problems"]
-    return (pool if report["ok"] else None), report
+    return (pool if report["ok"] else None), report, checks
+
+
+def check_name(url: str) -> str:
+    """A check endpoint's source name in reports: ``check:<redacted URL>``."""
+    return f"check:{redact_url(url)}"

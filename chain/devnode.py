@@ -17,13 +17,26 @@ Switchable behaviour (``set_faults``):
   a block outside the range / another block hash for a block, a log with ``removed: true`` or
   undecodable data, or a repeated log;
 * ``logs_lag``: eth_getLogs sees only blocks up to head minus this (eth_blockNumber does not);
-* ``log_timestamps``: logs carry ``blockTimestamp`` (newer geth/reth/Erigon, several providers).
+* ``log_timestamps``: logs carry ``blockTimestamp`` (newer geth/reth/Erigon, several providers);
+* ``price_factor``: a *consistent* liar. Every answer about the pool's price -- StateView
+  ``getSlot0``, the Swap logs (``sqrtPriceX96``, ``tick``, the USDC amount) and the V4 Quoter
+  (served with :meth:`DevNode.serve_quoter`) -- describes a pool at ``price_factor`` times the
+  real price, so the answers agree with each other (1.0: honest).
+
+The clock (:meth:`DevNode.set_clock`): by default block timestamps are the rows' own (a replay
+of history) and the head stays where it is put. ``set_clock()`` makes the node look live: the
+head block's timestamp is the wall clock (minus ``lag_s``: a node that fell behind) and a new
+empty block comes every ``BLOCK_SECONDS`` (``advance=False``: a stalled node whose head never
+moves). ``chain_id`` may be changed while the node runs (a provider that fails over to another
+network). Every request is counted by method in ``calls`` (``eth_sendRawTransaction`` too,
+served or not).
 
 ``latency_s`` delays every request (the benchmark's 50 ms link). ``reorg(block)`` replaces the
 chain from ``block`` on (new hashes, optionally new rows).
 
 Users: ``python -m chain.devnode --csv FILE`` serves a swaps CSV as a local Base node on
-127.0.0.1 (``ape-chain collect --rpc-url http://127.0.0.1:8545`` then collects it back).
+127.0.0.1 (``ape-chain collect --rpc-url http://127.0.0.1:8545`` then collects it back);
+``--live`` shifts its clock to now (see below), for paper trading against it.
 
 Extending: ``node.methods["eth_sendRawTransaction"] = fn`` where ``fn(params) -> result``;
 raise :class:`RpcError` for a JSON-RPC error.
@@ -34,6 +47,7 @@ from __future__ import annotations
 import argparse
 import bisect
 import json
+import math
 import random
 import threading
 import time
@@ -41,9 +55,10 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from eth_abi import encode
+from eth_abi import decode, encode
 from eth_utils import keccak
 
+from chain.amm import AmmError, swap_exact_input
 from chain.pool import (
     BASE_CHAIN_ID,
     BLOCK_SECONDS,
@@ -73,8 +88,13 @@ FAULT_KEYS = {
     "forge_p": 1.0,  # probability that an eth_getLogs answer with logs is forged
     "logs_lag": 0,  # eth_getLogs serves blocks up to head - logs_lag only
     "log_timestamps": False,  # logs carry blockTimestamp
+    "price_factor": 1.0,  # slot0, Swap logs and the Quoter describe a pool at this times the price
     "seed": 0,
 }
+QUOTE_SIGNATURE = "quoteExactInputSingle(((address,address,uint24,int24,address),bool,uint128,bytes))"
+QUOTE_SELECTOR = "0x" + keccak(text=QUOTE_SIGNATURE)[:4].hex()
+QUOTE_ARGS = "((address,address,uint24,int24,address),bool,uint128,bytes)"
+LN_TICK_BASE = math.log(1.0001)
 FORGE_KINDS = ("topic0", "address", "pool", "out_of_range", "removed", "duplicate", "bad_data", "hash")
 
 
@@ -123,6 +143,8 @@ class DevNode:
         self.requests = 0
         self.calls: dict[str, int] = {}
         self._load(rows)
+        self.clock: dict[str, Any] | None = None  # set_clock(): {t0, head0, shift, advance}
+        self.quoter: str | None = None  # serve_quoter(): the V4 Quoter's address (lowercase)
         self.head = head if head is not None else (self.last_block + 5 if rows else 100)
         self.methods: dict[str, Callable[[list], Any]] = {
             "eth_chainId": lambda p: _hex(self.chain_id),
@@ -167,6 +189,57 @@ class DevNode:
             self.first_block = self.last_block = 0
             self.ts_anchor = (0, 1_700_000_000)
         self.block_ts = {r["block_number"]: r["timestamp"] for r in rows}
+
+    @property
+    def head(self) -> int:
+        """The head block: where it was put, plus one block per ``BLOCK_SECONDS`` of wall clock
+        since :meth:`set_clock` (unless the clock was set with ``advance=False``)."""
+        c = self.clock
+        if c is None or not c["advance"]:
+            return self._head
+        return self._head + int((time.time() - c["t0"]) // BLOCK_SECONDS)
+
+    @head.setter
+    def head(self, n: int) -> None:
+        self._head = int(n)
+        if self.clock is not None:
+            self.clock["t0"] = time.time()
+
+    def set_clock(self, *, lag_s: float = 0.0, advance: bool = True) -> None:
+        """Look live from now on: the head block's timestamp is ``now - lag_s`` (every block
+        shifted alike, so the swaps keep their spacing); ``advance``: a new block every
+        ``BLOCK_SECONDS`` of wall clock, else the head stays (a stalled node: its head's
+        timestamp then falls behind the wall clock)."""
+        with self.lock:
+            head = self.head
+            self.clock = None
+            t0 = time.time()
+            shift = int(t0 - lag_s) - self.block_timestamp(head)
+            self._head = head
+            self.clock = {"t0": t0, "shift": shift, "advance": advance}
+
+    def serve_quoter(self, address: str) -> None:
+        """Answer ``quoteExactInputSingle`` (``eth_call`` to ``address``) as the V4 Quoter: the
+        exact pool math at the head's pool state (as served: ``price_factor`` applies)."""
+        self.quoter = address.lower()
+
+    def pool_state(self) -> dict[str, Any] | None:
+        """The pool as the node describes it at its head: the last swap row up to the head
+        block, lying by ``price_factor`` if set; None before the first swap."""
+        k = bisect.bisect_right(self.blocks_index, self.head)
+        return self._served(self.rows[k - 1]) if k else None
+
+    def _served(self, r: dict[str, Any]) -> dict[str, Any]:
+        """A row as the node tells it: the price scaled by ``price_factor`` (a consistent lie)."""
+        f = float(self.faults["price_factor"])
+        if f == 1.0:
+            return r
+        return dict(
+            r,
+            sqrt_price_x96=int(r["sqrt_price_x96"] * math.sqrt(f)),
+            tick=int(r["tick"] + round(math.log(f) / LN_TICK_BASE)),
+            amount1=int(r["amount1"] * f),
+        )
 
     @property
     def url(self) -> str:
@@ -217,12 +290,14 @@ class DevNode:
         return "0x" + keccak(text=f"devnode:{self.chain_id}:{n}:{e}").hex()
 
     def block_timestamp(self, n: int) -> int:
+        shift = self.clock["shift"] if self.clock else 0
         if n in self.block_ts:
-            return self.block_ts[n]
+            return self.block_ts[n] + shift
         b0, t0 = self.ts_anchor
-        return t0 + (n - b0) * BLOCK_SECONDS
+        return t0 + (n - b0) * BLOCK_SECONDS + shift
 
     def _log(self, r: dict[str, Any]) -> dict[str, Any]:
+        r = self._served(r)
         sender = SIMULATED_ADDRESS if r["sender"] == SIMULATED else r["sender"]
         topics, data = encode_swap_log(
             pool=r["pool_id"],
@@ -365,15 +440,17 @@ class DevNode:
 
     def _call(self, params: list) -> str:
         tx = params[0]
-        if (tx.get("to") or "").lower() != STATE_VIEW.lower():
-            return "0x"
+        to = (tx.get("to") or "").lower()
         data = tx.get("data") or tx.get("input") or "0x"
+        if self.quoter is not None and to == self.quoter:
+            return self._quote(data)
+        if to != STATE_VIEW.lower():
+            return "0x"
         selector, arg = data[:10].lower(), data[10:]
         pool = "0x" + arg[:64].lower()
         state = None
         if pool == ETH_USDC_POOL_ID or any(r["pool_id"] == pool for r in self.rows[-1:]):
-            k = bisect.bisect_right(self.blocks_index, self.head)
-            state = self.rows[k - 1] if k else None
+            state = self.pool_state()
         if selector == GET_SLOT0_SELECTOR:
             vals = (
                 (state["sqrt_price_x96"], state["tick"], 0, state["fee"]) if state else (0, 0, 0, 0)
@@ -382,6 +459,20 @@ class DevNode:
         if selector == GET_LIQUIDITY_SELECTOR:
             return "0x" + encode(["uint128"], [state["liquidity"] if state else 0]).hex()
         raise RpcError(3, "execution reverted")
+
+    def _quote(self, data: str) -> str:
+        """``quoteExactInputSingle`` -> ``(amountOut, gasEstimate)`` at the served pool state."""
+        if data[:10].lower() != QUOTE_SELECTOR:
+            raise RpcError(3, "execution reverted")
+        ((key, zero_for_one, amount, _hook),) = decode([QUOTE_ARGS], bytes.fromhex(data[10:]))
+        st = self.pool_state()
+        if st is None or key[2] != st["fee"]:
+            raise RpcError(3, "execution reverted: pool not initialized")
+        try:
+            out = swap_exact_input(st["sqrt_price_x96"], st["liquidity"], amount, zero_for_one, key[2])
+        except AmmError as e:
+            raise RpcError(3, f"execution reverted: {e}") from None
+        return "0x" + encode(["uint256", "uint256"], [out.amount_out, 120_000]).hex()
 
     # ------------------------------------------------------------ dispatch
 
@@ -506,6 +597,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", type=int, default=8545)
     p.add_argument("--chain-id", type=int, default=BASE_CHAIN_ID)
     p.add_argument("--latency", type=float, default=0.0, help="seconds added to every request")
+    p.add_argument(
+        "--live",
+        action="store_true",
+        help="look live: the head's timestamp is the wall clock and a block comes every 2 s "
+        "(what `ape-agent trade` needs; without it the blocks keep the CSV's own timestamps)",
+    )
     args = p.parse_args(argv)
     if args.csv:
         from chain.csvio import read_swaps_csv
@@ -517,6 +614,8 @@ def main(argv: list[str] | None = None) -> None:
         rows = simulate(2000, seed=0)
         print("serving SIMULATED swaps (no --csv given)")
     node = start_devnode(rows, chain_id=args.chain_id, latency_s=args.latency, port=args.port)
+    if args.live:
+        node.set_clock()
     print(
         f"devnode on {node.url}: chain {args.chain_id}, {len(rows)} swaps, head block {node.head}",
         flush=True,

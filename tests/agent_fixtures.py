@@ -3,16 +3,16 @@ and answers that lie.
 
 The wallet extends the chain tests' JSON-RPC node (real HTTP on 127.0.0.1) through its
 ``methods`` hook with what an execution needs: balances, ERC-20 / Permit2 allowances, nonces,
-fee data, the V4 Quoter (``eth_call``, computed with the exact pool math at the node's pool
-state), ``eth_sendRawTransaction`` that keeps the signed transaction, receipts, and switches
-for the failures the tests need (a refused send, a send that hangs, a transaction that stays
-pending, a quote that lies). :func:`lie_slot0` and :func:`lie_swaps` make one kind of answer
-of a node lie about the price.
+fee data, the node's own V4 Quoter (``DevNode.serve_quoter``: the exact pool math at the
+node's pool state), ``eth_sendRawTransaction`` that keeps the signed transaction, receipts,
+and switches for the failures the tests need (a refused send, a send that hangs, a
+transaction that stays pending, a quote that lies on its own). :func:`lie_slot0` and
+:func:`lie_swaps` make one kind of answer of a node lie about the price; the node's
+``price_factor`` makes all of them lie together (a consistent liar).
 """
 
 from __future__ import annotations
 
-import bisect
 import math
 import math as _math
 import random
@@ -23,8 +23,8 @@ from typing import Any
 from eth_abi import decode, encode
 from eth_utils import keccak
 
-from agent.execute import PERMIT2, POOL_KEY_TYPE, V4_QUOTER
-from chain.amm import Q96, sqrt_price_x96_from_price, swap_exact_input
+from agent.execute import PERMIT2, V4_QUOTER
+from chain.amm import Q96, sqrt_price_x96_from_price
 from chain.devnode import RpcError
 from chain.pool import (
     ETH_USDC_POOL_ID,
@@ -137,9 +137,10 @@ class Wallet:
         self.mine = True  # False: sent transactions stay pending (no receipt)
         self.send_error: str | None = None  # a JSON-RPC error for eth_sendRawTransaction
         self.send_hold: threading.Event | None = None  # set: the send hangs until it is set
-        self.quote_factor = 1.0  # the Quoter's answer times this (a lying simulation)
+        self.quote_factor = 1.0  # the Quoter's answer times this (a lying simulation alone)
         self.quote_revert = False
         self.quotes = 0
+        node.serve_quoter(V4_QUOTER)
         state_call = node.methods["eth_call"]
         sel = {
             keccak(text=s)[:4].hex(): s
@@ -169,7 +170,7 @@ class Wallet:
                 amount, exp = self.permit2
                 return "0x" + encode(["uint160", "uint48", "uint48"], [amount, exp, 0]).hex()
             if to == V4_QUOTER.lower():
-                return self._quote(data)
+                return self._quote(params, state_call)
             return state_call(params)
 
         node.methods.update(
@@ -183,22 +184,15 @@ class Wallet:
         )
 
     def pool_state(self) -> dict:
-        """The node's pool state at its head (the last swap row up to the head block)."""
-        k = bisect.bisect_right(self.node.blocks_index, self.node.head)
-        return self.node.rows[k - 1]
+        """The node's pool state at its head, as the node tells it."""
+        return self.node.pool_state()
 
-    def _quote(self, data: bytes) -> str:
+    def _quote(self, params: list, node_call) -> str:
         self.quotes += 1
         if self.quote_revert:
             raise RpcError(3, "execution reverted")
-        ((key, zero_for_one, amount, _hook),) = decode(
-            [f"({POOL_KEY_TYPE},bool,uint128,bytes)"], data[4:]
-        )
-        st = self.pool_state()
-        out = swap_exact_input(st["sqrt_price_x96"], st["liquidity"], amount, zero_for_one, key[2])
-        return "0x" + encode(
-            ["uint256", "uint256"], [int(out.amount_out * self.quote_factor), 120_000]
-        ).hex()
+        out, gas = decode(["uint256", "uint256"], bytes.fromhex(node_call(params)[2:]))
+        return "0x" + encode(["uint256", "uint256"], [int(out * self.quote_factor), gas]).hex()
 
     def _send(self, params: list) -> str:
         if self.send_hold is not None:
@@ -298,11 +292,30 @@ def make_keystore(path: Path, key: bytes, passphrase: str) -> Path:
     return path
 
 
-def devnode_fixture():
-    """A fresh devnode serving 300 simulated swaps (the agent tests' ``node`` fixture)."""
+def live_node(rows=None, **kw):
+    """A devnode serving ``rows`` (300 simulated swaps) that looks live: the head block is
+    dated now and a block comes every 2 s (``DevNode.set_clock``)."""
     from chain.devnode import start_devnode
     from chain.simulate import simulate
 
-    n = start_devnode(simulate(300, seed=1))
+    n = start_devnode(simulate(300, seed=1) if rows is None else rows, **kw)
+    n.set_clock()
+    return n
+
+
+def devnode_fixture():
+    """A fresh live devnode serving 300 simulated swaps (the agent tests' ``node`` fixture);
+    ``node.check``: a second, independent live devnode with the same swaps (the anchor)."""
+    check = live_node()
+    n = live_node()
+    n.check = check
     yield n
     n.stop()
+    check.stop()
+
+
+def anchored(args: list[str], node) -> list[str]:
+    """``args`` with ``--check-rpc-url node.check.url`` unless they name an anchor already."""
+    if any(a in args for a in ("--check-rpc-url", "--min-price", "--max-price", "--no-anchor")):
+        return [a for a in args if a != "--no-anchor"]
+    return [*args, "--check-rpc-url", node.check.url]

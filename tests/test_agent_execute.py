@@ -11,7 +11,7 @@ import json
 import time
 
 import pytest
-from agent_fixtures import Wallet, agent_app, devnode_fixture, make_keystore
+from agent_fixtures import Wallet, agent_app, anchored, devnode_fixture, live_node, make_keystore
 from eth_account import Account
 from eth_utils import keccak
 from typer.testing import CliRunner
@@ -153,7 +153,7 @@ def run(node, tmp_path, *args, env=None, input=None, url=None):
             "1",
             "--journal",
             str(tmp_path / "journal.jsonl"),
-            *args,
+            *anchored(list(args), node),
         ],
         env=env,
         input=input,
@@ -196,7 +196,11 @@ def test_dry_run_needs_only_an_address(node, tmp_path):
     assert wallet.quotes == 1 and plan["simulated_out"] == plan["quote_out"]
     assert d["swap"]["amountOutMinimum"] == plan["min_amount_out"] == plan["quote_out"] * 9950 // 10_000
     assert abs(d["deadline"] - (time.time() + DEFAULTS["deadline_seconds"])) < 30
-    assert rec["price_check"]["ok"] and set(rec["price_check"]["sources"]) == {"slot0", "swaps"}
+    check = rec["price_check"]
+    assert check["ok"] and set(check["sources"]) == {"slot0", "swaps", f"check:{node.check.url}"}
+    # anchored by the independent endpoint: the fair output there is the honest quote
+    assert check["anchor"]["kind"] == "check" and check["anchor"]["price"] == price
+    assert plan["anchor_out"] == plan["quote_out"] and plan["floor_out"] == plan["min_amount_out"]
 
 
 def test_execute_needs_account_and_a_sane_slippage(node, tmp_path, keystore):
@@ -217,13 +221,9 @@ def test_execute_needs_account_and_a_sane_slippage(node, tmp_path, keystore):
 
 def test_execute_signs_journals_first_and_sends(node, tmp_path, keystore):
     wallet = Wallet(node, ADDRESS, wei=2 * 10**18, usdc=0)
-    check = start_devnode(simulate(300, seed=1))  # an independent endpoint that agrees
-    try:
-        url = node.url.replace("http://", "http://user:s3cr3t-userinfo@") + "/v2/sk-live-APIKEY123"
-        res = run(node, tmp_path, "--account", ADDRESS, "--keystore", str(keystore), "--yes",
-                  "--max-slippage-bps", "30", "--check-rpc-url", check.url, url=url)
-    finally:
-        check.stop()
+    url = node.url.replace("http://", "http://user:s3cr3t-userinfo@") + "/v2/sk-live-APIKEY123"
+    res = run(node, tmp_path, "--account", ADDRESS, "--keystore", str(keystore), "--yes",
+              "--max-slippage-bps", "30", url=url)  # the anchor: node.check, an agreeing endpoint
     assert res.exit_code == 0, res.output
     (raw,) = wallet.sent
     from eth_account.typed_transactions import TypedTransaction
@@ -328,10 +328,10 @@ def test_keystore_only(tmp_path, keystore, monkeypatch):
 
 
 def test_execute_refuses_other_chains(tmp_path):
-    other = start_devnode(simulate(100, seed=2), chain_id=1)
+    other = live_node(simulate(100, seed=2), chain_id=1)
     try:
         Wallet(other, ADDRESS, wei=10**18)
-        res = run(other, tmp_path, "--dry-run", "--account", ADDRESS)
+        res = run(other, tmp_path, "--dry-run", "--account", ADDRESS, "--min-price", "1", "--max-price", "1e6")
         assert isinstance(res.exception, UserError) and "not Base (8453)" in str(res.exception)
     finally:
         other.stop()
