@@ -502,7 +502,8 @@ def _error_text(e: Exception) -> str:
 
     if not isinstance(e, Web3RPCError):
         return type(e).__name__
-    msg = e.message or ""
+    error = (e.rpc_response or {}).get("error") if isinstance(e.rpc_response, dict) else None
+    msg = error if isinstance(error, dict) else (e.message or "")
     if isinstance(msg, dict):
         msg = msg.get("message", "")
     return (str(msg).splitlines() or [""])[0][:200] or type(e).__name__

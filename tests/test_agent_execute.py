@@ -21,7 +21,6 @@ from agent import execute as ex
 from agent.config import DEFAULTS
 from apeagent.errors import UserError
 from chain.amm import swap_exact_input
-from chain.devnode import start_devnode
 from chain.pool import NATIVE_ETH, UNIVERSAL_ROUTER, USDC
 from chain.simulate import simulate
 

@@ -6,7 +6,7 @@ import json
 import time
 
 import pytest
-from agent_fixtures import RULES, agent_app, build_student
+from agent_fixtures import RULES, agent_app, build_student, live_node
 from typer.testing import CliRunner
 
 from agent.config import DEFAULTS
@@ -14,13 +14,12 @@ from agent.live import Journal, run_agent
 from agent.policies import RulesPolicy
 from apeagent.config import window_minutes
 from apeagent.errors import UserError
-from chain.devnode import start_devnode
 from chain.simulate import simulate
 
 
 @pytest.fixture(scope="module")
 def node():
-    n = start_devnode(simulate(300, seed=1))
+    n = live_node()
     yield n
     n.stop()
 
@@ -32,7 +31,7 @@ def _lines(path):
 def test_paper_loop_journal_and_resume(node, tmp_path):
     journal = tmp_path / "journal.jsonl"
     sent_before = node.calls.get("eth_sendRawTransaction", 0)
-    sleeps = []
+    sleeps, said = [], []
     pol = RulesPolicy(RULES)
     s = run_agent(
         pol,
@@ -41,9 +40,11 @@ def test_paper_loop_journal_and_resume(node, tmp_path):
         journal=journal,
         iterations=2,
         sleep=sleeps.append,
-        echo=lambda s: None,
+        echo=said.append,
     )
     assert s["iterations"] == 2 and sleeps == [DEFAULTS["interval_seconds"]]
+    # one endpoint is enough for paper trading, and the run says so
+    assert said[0].startswith(f"paper mode on one endpoint ({node.url})") and s["refused"] == 0
     run_agent(
         pol,
         dict(DEFAULTS),
@@ -55,6 +56,7 @@ def test_paper_loop_journal_and_resume(node, tmp_path):
     )
     recs = _lines(journal)
     assert len(recs) == 4 and all(r["mode"] == "paper" and r["chain_id"] == 8453 for r in recs)
+    assert all(r["price_check"]["ok"] and r["price_check"]["anchor"] is None for r in recs)
     r0 = recs[0]
     assert r0["portfolio"]["value_before_usdc"] == pytest.approx(DEFAULTS["initial_value_usdc"])
     assert set(r0["state"]) >= {
@@ -117,7 +119,7 @@ def test_unreachable_rpc(tmp_path):
 
 
 def test_wrong_chain_refused_unless_local_fork(tmp_path):
-    other = start_devnode(simulate(200, seed=2), chain_id=1)
+    other = live_node(simulate(200, seed=2), chain_id=1)
     try:
         with pytest.raises(UserError, match="chain id 1, not Base"):
             run_agent(

@@ -23,9 +23,11 @@ from agent_fixtures import (
     REPO,
     Wallet,
     agent_app,
+    anchored,
     devnode_fixture,
     lie_slot0,
     lie_swaps,
+    live_node,
     make_keystore,
 )
 from eth_account import Account
@@ -38,8 +40,6 @@ from agent.config import DEFAULTS
 from agent.live import run_agent
 from agent.policies import RulesPolicy
 from apeagent.errors import UserError
-from chain.devnode import start_devnode
-from chain.simulate import simulate
 
 ACCOUNT = Account.create()
 ADDRESS = ACCOUNT.address
@@ -58,7 +58,7 @@ def trade_args(node, tmp_path, keystore, *extra):
     return [
         "trade", "--execute", "--policy", "rules", "--rpc-url", node.url, "--iterations", "1",
         "--journal", str(tmp_path / "journal.jsonl"), "--account", ADDRESS,
-        "--keystore", str(keystore), "--yes", *extra,
+        "--keystore", str(keystore), "--yes", *anchored(list(extra), node),
     ]
 
 
@@ -103,6 +103,7 @@ def test_lying_slot0_places_no_order(node, tmp_path, keystore, factor):
     assert not check["ok"] and "swap" not in rec and "decision" not in rec
     assert check["deviation_pct"]["slot0"] == pytest.approx(100 * (factor - 1), abs=0.01)
     assert rec["refused"].startswith("price check: slot0") and "disagrees with the latest swap" in rec["refused"]
+    assert rec["refused_by"] == ["price"]
     assert "NO ORDER" in res.output and "slot0" in res.output
 
 
@@ -121,6 +122,7 @@ def test_paper_mode_checks_the_price_too(node, tmp_path):
                   journal=tmp_path / "journal.jsonl", iterations=1, echo=lambda s: None)
     (rec,) = journal(tmp_path)
     assert s["refused"] == 1 and s["trades"] == 0 and "fill" not in rec and not rec["price_check"]["ok"]
+    assert rec["refused_by"] == ["price"]
 
 
 def _rules():
@@ -131,7 +133,7 @@ def _rules():
 
 def test_second_endpoint_that_disagrees(node, tmp_path, keystore):
     wallet = Wallet(node, ADDRESS, wei=2 * 10**18)
-    other = start_devnode(simulate(300, seed=1))
+    other = live_node()
     try:
         lie_slot0(other, 0.97)
         res = run(node, tmp_path, keystore, "--check-rpc-url", other.url)
@@ -142,11 +144,12 @@ def test_second_endpoint_that_disagrees(node, tmp_path, keystore):
     name = f"check:{other.url}"
     assert rec["price_check"]["deviation_pct"] == {"slot0": 0.0, name: pytest.approx(-3.0, abs=0.01)}
     assert f"{name} " in rec["refused"] and "slot0 " not in rec["refused"]
+    assert rec["refused_by"] == ["anchor"]
 
 
 def test_second_endpoint_down_refuses(node, tmp_path, keystore):
     wallet = Wallet(node, ADDRESS, wei=2 * 10**18)
-    other = start_devnode(simulate(300, seed=1))
+    other = live_node()
     url = other.url
     other.stop()
     res = run(node, tmp_path, keystore, "--check-rpc-url", url)
@@ -287,10 +290,11 @@ def test_key_nowhere(node, tmp_path, keystore):
     dead = CliRunner().invoke(
         agent_app(),
         ["trade", "--execute", "--rpc-url", "http://bob:pw-in-url@127.0.0.1:9/v3/4f2c9a7e1b3d4c8e9f0a1b2c3d4e5f67",
-         "--account", ADDRESS, "--keystore", str(keystore), "--journal", str(tmp_path / "j2.jsonl")],
+         "--account", ADDRESS, "--keystore", str(keystore), "--journal", str(tmp_path / "j2.jsonl"),
+         "--check-rpc-url", node.check.url],
         env={"APE_KEYSTORE_PASSWORD": PASSPHRASE},
     )
-    assert isinstance(dead.exception, UserError)
+    assert isinstance(dead.exception, UserError) and "cannot reach" in str(dead.exception)
     texts = [res.output, dead.output, str(dead.exception)]
     assert_no_secret(tmp_path, *texts)
     for t in texts + [Path(tmp_path / "journal.jsonl").read_text()]:
