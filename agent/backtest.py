@@ -115,90 +115,100 @@ def run_backtest(
     """Run every policy over the held-out swaps; write the report, log and plot; return the report."""
     held = holdout(rows, cfg["holdout_frac"])
     tl = timeline(held, cfg)
-    bars, steps = tl["bars"], tl["steps"]
-    wb = int(cfg["window_bars"])
+    steps = tl["steps"]
     first_price = price_from_sqrt_price_x96(held[steps[0][2]]["sqrt_price_x96"])
-    books = {}
-    for name in policies:
-        p = initial_portfolio(cfg["initial_value_usdc"], cfg["initial_eth_share"], first_price)
-        books[name] = {
-            "portfolio": p,
-            "history": History(start_value_usdc=p.value_usdc(first_price)),
-            "values": [p.value_usdc(first_price)],
-            "times": [steps[0][0]],
-            "decisions": Counter(),
-            "invalid": 0,
-            "latency": [],
-        }
+    books = {name: _book(cfg, first_price, steps[0][0]) for name in policies}
     out_dir = Path(out_dir)
-    log_path = out_dir / "decisions.jsonl"
     t_start = time.perf_counter()
     ahead: dict[str, int] = {}  # prefetching policies: the first step not asked ahead
     with (
-        atomic_path(log_path) as tmp,
+        atomic_path(out_dir / "decisions.jsonl") as tmp,
         tmp.open("w") as log,
         _progress(progress, len(steps) * len(policies)) as bump,
     ):
         for k, (t, end, i) in enumerate(steps):
-            swap = held[i]
-            sqrt_p, liq, fee = swap["sqrt_price_x96"], swap["liquidity"], swap["fee"]
-            price = price_from_sqrt_price_x96(sqrt_p)
-            window = _window(bars, end, wb)
+            window = _window(tl["bars"], end, int(cfg["window_bars"]))
             for name, policy in policies.items():
                 b = books[name]
-                p = b["portfolio"]
-                state = state_from_window(window, p.eth, p.usdc_float, int(cfg["bar_seconds"] // 60))
                 if hasattr(policy, "prefetch") and k >= ahead.get(name, 0):
-                    # Each step's prompt holds the portfolio that earlier decisions left, so
-                    # only a guess can go ahead: the next `concurrency` steps with the
-                    # portfolio unchanged (a NEUTRAL or a refused trade leaves it so). The
-                    # policy keeps answers by their exact chat; a trade makes the rest stale.
-                    n = max(1, int(getattr(policy, "concurrency", 1)))
-                    later = [
-                        state_from_window(_window(bars, e, wb), p.eth, p.usdc_float,
-                                          int(cfg["bar_seconds"] // 60))
-                        for _, e, _ in steps[k + 1 : k + n]
-                    ]
-                    policy.prefetch([(s, b["history"]) for s in [state, *later]])
-                    ahead[name] = k + n
-                d = policy.decide(state, b["history"])
-                fill = trade(p, d.decision, d.amount_eth, sqrt_p, liq, fee, cfg)
-                if fill is not None:
-                    b["history"].add(Trade(t, d.decision, fill.eth_delta, fill.exec_price))
+                    ahead[name] = _prefetch(policy, b, tl, cfg, k)
+                rec = _decide_and_fill(name, policy, b, held[i], window, cfg, k, t)
+                if rec["fill"] is not None:
                     ahead[name] = min(ahead.get(name, 0), k + 1)  # the guesses are stale
-                value = p.value_usdc(price)
-                b["values"].append(value)
-                b["times"].append(t)
-                b["decisions"][d.decision] += 1
-                b["invalid"] += 0 if d.valid else 1
-                if d.raw:
-                    b["latency"].append(d.latency_s)
-                rec = {
-                    "step": k,
-                    "time": t,
-                    "policy": name,
-                    "price": price,
-                    "block": swap["block_number"],
-                    "state": state.to_dict(),
-                    "decision": d.decision,
-                    "amount_eth": d.amount_eth,
-                    "valid": d.valid,
-                    "fill": fill.to_dict() if fill else None,
-                    "eth": p.eth,
-                    "usdc": p.usdc_float,
-                    "value_usdc": value,
-                }
-                if d.raw:
-                    rec.update(
-                        raw=d.raw,
-                        reason=d.reason,
-                        prompt_tokens=d.prompt_tokens,
-                        latency_s=d.latency_s,
-                    )
                 log.write(json.dumps(rec) + "\n")
                 bump()
-    ts = tl["features"]["timestamp"]
-    report = {
+    report = _report(rows, held, tl, cfg, source, input_path, first_price, time.perf_counter() - t_start)
+    for name, b in books.items():
+        report["policies"][name] = _policy_metrics(b, policies[name])
+    write_json(out_dir / "backtest.json", report)
+    plot_equity(books, out_dir / "equity.png", f"backtest on {source} swaps (held-out {len(held)})")
+    return report
+
+
+def _book(cfg: dict, first_price: float, t0: int) -> dict[str, Any]:
+    """One policy's portfolio, history and running tallies."""
+    p = initial_portfolio(cfg["initial_value_usdc"], cfg["initial_eth_share"], first_price)
+    return {
+        "portfolio": p,
+        "history": History(start_value_usdc=p.value_usdc(first_price)),
+        "values": [p.value_usdc(first_price)],
+        "times": [t0],
+        "decisions": Counter(),
+        "invalid": 0,
+        "latency": [],
+    }
+
+
+def _prefetch(policy, b: dict, tl: dict, cfg: dict, k: int) -> int:
+    """Ask a prefetching policy the prompts of steps ``k ..`` ahead; returns the first step
+    not asked. Each step's prompt holds the portfolio that earlier decisions left, so only a
+    guess can go ahead: the next ``concurrency`` steps with the portfolio unchanged (a NEUTRAL
+    or a refused trade leaves it so). The policy keeps answers by their exact chat; a trade
+    makes the rest stale."""
+    p, wb, minutes = b["portfolio"], int(cfg["window_bars"]), int(cfg["bar_seconds"] // 60)
+    n = max(1, int(getattr(policy, "concurrency", 1)))
+    states = [state_from_window(_window(tl["bars"], e, wb), p.eth, p.usdc_float, minutes)
+              for _, e, _ in tl["steps"][k : k + n]]
+    policy.prefetch([(s, b["history"]) for s in states])
+    return k + n
+
+
+def _decide_and_fill(
+    name: str, policy, b: dict, swap: dict, window: dict, cfg: dict, k: int, t: int
+) -> dict:
+    """One policy at one step: its state, its decision, the fill at the swap's pool state;
+    the book is updated and the step's decision-log record returned."""
+    p = b["portfolio"]
+    sqrt_p, liq, fee = swap["sqrt_price_x96"], swap["liquidity"], swap["fee"]
+    price = price_from_sqrt_price_x96(sqrt_p)
+    state = state_from_window(window, p.eth, p.usdc_float, int(cfg["bar_seconds"] // 60))
+    d = policy.decide(state, b["history"])
+    fill = trade(p, d.decision, d.amount_eth, sqrt_p, liq, fee, cfg)
+    if fill is not None:
+        b["history"].add(Trade(t, d.decision, fill.eth_delta, fill.exec_price))
+    value = p.value_usdc(price)
+    b["values"].append(value)
+    b["times"].append(t)
+    b["decisions"][d.decision] += 1
+    b["invalid"] += 0 if d.valid else 1
+    if d.raw:
+        b["latency"].append(d.latency_s)
+    rec = {
+        "step": k, "time": t, "policy": name, "price": price,
+        "block": swap["block_number"], "state": state.to_dict(), "decision": d.decision,
+        "amount_eth": d.amount_eth, "valid": d.valid, "fill": fill.to_dict() if fill else None,
+        "eth": p.eth, "usdc": p.usdc_float, "value_usdc": value,
+    }
+    if d.raw:
+        rec.update(raw=d.raw, reason=d.reason, prompt_tokens=d.prompt_tokens, latency_s=d.latency_s)
+    return rec
+
+
+def _report(rows, held, tl, cfg, source, input_path, first_price, elapsed_s) -> dict[str, Any]:
+    """backtest.json without the per-policy metrics: input, split, settings, prices."""
+    ts, steps = tl["features"]["timestamp"], tl["steps"]
+    wb = int(cfg["window_bars"])
+    return {
         "input": input_path,
         "source": source,
         "holdout": {
@@ -212,40 +222,31 @@ def run_backtest(
         "steps": len(steps),
         "interval_minutes": cfg["interval_minutes"],
         "window_minutes": wb * int(cfg["bar_seconds"] // 60),
-        "settings": {
-            k: cfg[k]
-            for k in (
-                "initial_value_usdc",
-                "initial_eth_share",
-                "default_trade_fraction",
-                "max_trade_eth",
-                "gas_units",
-                "gas_price_gwei",
-                "rebalance_band_pct",
-                "stateful",
-            )
-        },
+        "settings": {k: cfg[k] for k in SETTINGS},
         "price": {
             "first": first_price,
             "last": price_from_sqrt_price_x96(held[steps[-1][2]]["sqrt_price_x96"]),
         },
-        "elapsed_s": time.perf_counter() - t_start,
+        "elapsed_s": elapsed_s,
         "policies": {},
     }
-    for name, b in books.items():
-        m = metrics(b["values"], b["times"], b["portfolio"])
-        m["decisions"] = {k: b["decisions"].get(k, 0) for k in ("APE IN", "APE OUT", "APE NEUTRAL")}
-        m["unparseable"] = b["invalid"]
-        if hasattr(policies[name], "requests"):  # an endpoint: answers asked, prefetches included
-            m["endpoint_requests"] = policies[name].requests
-        if b["latency"]:
-            m["mean_latency_s"] = float(np.mean(b["latency"]))
-        m["final_eth"] = b["portfolio"].eth
-        m["final_usdc"] = b["portfolio"].usdc_float
-        report["policies"][name] = m
-    write_json(out_dir / "backtest.json", report)
-    plot_equity(books, out_dir / "equity.png", f"backtest on {source} swaps (held-out {len(held)})")
-    return report
+
+
+SETTINGS = ("initial_value_usdc", "initial_eth_share", "default_trade_fraction", "max_trade_eth",
+            "gas_units", "gas_price_gwei", "rebalance_band_pct", "stateful")
+
+
+def _policy_metrics(b: dict, policy) -> dict[str, Any]:
+    m = metrics(b["values"], b["times"], b["portfolio"])
+    m["decisions"] = {k: b["decisions"].get(k, 0) for k in ("APE IN", "APE OUT", "APE NEUTRAL")}
+    m["unparseable"] = b["invalid"]
+    if hasattr(policy, "requests"):  # an endpoint: answers asked, prefetches included
+        m["endpoint_requests"] = policy.requests
+    if b["latency"]:
+        m["mean_latency_s"] = float(np.mean(b["latency"]))
+    m["final_eth"] = b["portfolio"].eth
+    m["final_usdc"] = b["portfolio"].usdc_float
+    return m
 
 
 def _window(bars: dict, end: int, wb: int) -> dict:
