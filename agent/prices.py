@@ -10,7 +10,9 @@ Before every decision the live loop pins the head block and reads, at that block
 - ``check:<host>``: ``getSlot0`` on every endpoint of ``check_rpc_urls`` (another provider).
 
 All sources must lie within ``price_tolerance_pct`` of the pool's own latest swap; otherwise
-no order is placed and the journal names the sources that disagreed. Every answer is
+no order is placed and the journal names the sources that disagreed. ``slot0`` and ``swaps``
+come from the trading endpoint: an endpoint that lies consistently passes their comparison,
+which is why live orders also need the check endpoints or bounds of :mod:`agent.anchor`. Every answer is
 validated first (lengths, the pool id and the PoolManager address of every log, the price
 range, the static 0.05 % fee of the pool, positive liquidity): a malformed answer is a
 failed check, never a price.
