@@ -317,6 +317,9 @@ def run_loop(s: Session, policy, iterations: int = 0) -> dict[str, Any]:
     return summary
 
 
+# an order's own refusals (after the checks of market_check): the day's limits; the simulated
+# quote worse than the checked one, reverting, or below the anchored floor
+DAILY_LIMIT, QUOTE = "daily_limit", "quote"
 LABELS = {anc.CHAIN_ID: "chain id", anc.HEAD_LAG: "stale head", anc.HEAD_STALLED: "head not advancing",
           anc.PRICE: "price check", anc.ANCHOR: "anchor"}
 
@@ -462,6 +465,7 @@ def _checked_plan(s: Session, rec: dict, side: str, amount_in: int, pool, anchor
                                   ("ETH", "max_daily_eth", plan.notional_eth)):
             today = s.journal.notional_today(s.address, rec["time"], unit)
             if today + amount > cfg[key]:
+                rec["refused_by"] = [DAILY_LIMIT]
                 rec["refused"] = (f"daily notional limit: {today:.{2 if unit == 'USDC' else 6}f} {unit} "
                                   f"signed today + {amount:.{2 if unit == 'USDC' else 6}f} > {key} {cfg[key]:g}")
                 return None
@@ -474,7 +478,7 @@ def _checked_plan(s: Session, rec: dict, side: str, amount_in: int, pool, anchor
     try:
         ex.apply_simulation(plan, ex.simulate_quote(s.w3, plan, pool.block), bps)
     except UserError as e:
-        rec["refused"] = str(e)
+        rec.update(refused_by=[QUOTE], refused=str(e))
         return None
     finally:
         rec["swap"] = {"plan": plan.to_dict()}

@@ -293,6 +293,7 @@ def test_lie_below_the_anchored_floor_is_refused(node, tmp_path, keystore):
     recs = journal(tmp_path)
     assert_nothing_signed(node, wallet, recs)
     assert "below the anchored floor" in recs[0]["refused"] and recs[0]["price_check"]["ok"]
+    assert recs[0]["refused_by"] == ["quote"] and recs[0]["swap"]["plan"]["floor_out"] > 0
 
 
 # ---------------------------------------------------------------- bounds and caps in both assets
@@ -325,6 +326,7 @@ def test_daily_limit_in_eth(node, tmp_path, keystore):
     assert res.exit_code == 0 and len(wallet.sent) == 1, res.output  # 0.071 > 0.05: no order
     last = journal(tmp_path)[-1]
     assert last["refused"].startswith("daily notional limit: 0.035") and "max_daily_eth 0.05" in last["refused"]
+    assert last["refused_by"] == ["daily_limit"]
 
 
 def test_buy_capped_in_eth_at_the_anchor(node, tmp_path, keystore):
