@@ -320,6 +320,13 @@ def write_keystore(path: str | Path, key: str, password: str) -> str:
 
 
 
+def is_loopback(url: str) -> bool:
+    try:
+        return urlparse(url).hostname in LOOPBACK
+    except ValueError:
+        return False
+
+
 def connect(
     rpc_urls: list[str],
     *,

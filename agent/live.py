@@ -193,6 +193,7 @@ class Session:
     chain_id: int
     journal: Journal
     checks: list[tuple[str, Any]] = field(default_factory=list)  # (url, web3) per check endpoint
+    chain_ids: dict[str, int] = field(default_factory=dict)  # check endpoint: its chain id at start
     anchor_kind: str | None = None  # agent.anchor.anchor_kind
     dry_run: bool = False
     fork: bool = False
@@ -224,6 +225,7 @@ def open_session(
     account and slippage bound, independent check endpoints, an anchor for live orders, the
     journal, the key (live), then one connection per endpoint (chain id checked)."""
     from agent import execute as ex
+    from agent.prices import check_name
     from apeagent.files import check_output
 
     if mode not in (PAPER, EXECUTE):
@@ -253,12 +255,16 @@ def open_session(
     if acct is not None and acct.address != address:
         raise UserError(f"the signing key is for {acct.address}, not the expected account {address}")
     w3, url = ex.connect(rpc_urls, fork=fork, expected_chain_id=int(cfg["chain_id"]))
-    checks = [(u, ex.connect([u], fork=fork, expected_chain_id=int(cfg["chain_id"]))[0]) for u in check_urls]
+    checks = []  # with --fork a check endpoint may be another local fork, or Base itself
+    for u in check_urls:
+        other, _ = ex.connect([u], fork=fork and ex.is_loopback(u), expected_chain_id=int(cfg["chain_id"]))
+        checks.append((u, other))
     if kind is None:
         echo(f"paper mode on one endpoint ({redact_url(url)}): its prices are checked against "
              "each other only, not against an independent source (--check-rpc-url)")
+    chain_ids = {check_name(u): int(other.eth.chain_id) for u, other in checks}
     return Session(
-        cfg=cfg, mode=mode, w3=w3, url=url, chain_id=int(w3.eth.chain_id), journal=j,
+        cfg=cfg, mode=mode, w3=w3, url=url, chain_id=int(w3.eth.chain_id), chain_ids=chain_ids, journal=j,
         checks=checks, anchor_kind=kind, dry_run=dry_run, fork=fork, address=address, acct=acct,
         gas=gas_wei(cfg["gas_units"], cfg["gas_price_gwei"]), confirm=confirm, sleep=sleep,
         echo=echo, history=j.history(),
@@ -335,7 +341,8 @@ def market_check(s: Session, now: float) -> tuple[Any, dict | None, dict[str, An
     fresh: dict[str, dict] = {}
     for name, w3 in [(redact_url(s.url), s.w3)] + [(check_name(u), w) for u, w in s.checks]:
         try:
-            fresh[name] = anc.freshness(w3, name, s.cfg, s.chain_id, s.seen, now)
+            chain_id = s.chain_ids.get(name, s.chain_id)
+            fresh[name] = anc.freshness(w3, name, s.cfg, chain_id, s.seen, now)
         except ex.rpc_failures() as e:
             if w3 is s.w3:
                 raise
