@@ -41,13 +41,17 @@ DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 
 def endpoint_key(url: str) -> tuple[str, int | None]:
-    """``(host, port)`` of a URL (scheme's default port filled in), for the independence rule."""
+    """``(host, port)`` of a URL (scheme's default port filled in; every loopback name is one
+    host), for the independence rule."""
     try:
         u = urlsplit(str(url).strip())
         port = u.port or DEFAULT_PORTS.get(u.scheme.lower())
     except ValueError:
         raise UserError(f"not a URL: {redact_url(url)}") from None
-    return (u.hostname or "").lower(), port
+    host = (u.hostname or "").lower().rstrip(".")
+    if host in ("localhost", "::1", "0.0.0.0") or host.startswith("127."):
+        host = "localhost"
+    return host, port
 
 
 def check_independent(rpc_urls: list[str], check_urls: list[str]) -> None:

@@ -156,11 +156,12 @@ def test_consistent_liar_high_buys_nothing(node, tmp_path, keystore):
     assert plan["min_amount_out"] == fair_out(False, plan["amount_in"]) * 9950 // 10_000
 
 
-@pytest.mark.parametrize("same", ["url", "host:port"])
+@pytest.mark.parametrize("same", ["url", "host:port", "localhost"])
 def test_same_endpoint_twice_is_not_independent(node, tmp_path, keystore, capsys, same):
     wallet = seller(node)
     node.set_faults(price_factor=0.5)
-    check = node.url if same == "url" else node.url + "/another/path"
+    check = {"url": node.url, "host:port": node.url + "/another/path",
+             "localhost": node.url.replace("127.0.0.1", "localhost") + "/v2/KEY"}[same]
     with pytest.raises(SystemExit) as e:
         run_cli(agent_app(), ["trade", "--execute", "--policy", "rebalance", "--rpc-url", node.url,
                               "--check-rpc-url", check, "--iterations", "1", "--account", ADDRESS,
@@ -168,7 +169,8 @@ def test_same_endpoint_twice_is_not_independent(node, tmp_path, keystore, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1, err
     want = "the same URL" if same == "url" else "the same host:port"
-    assert err[0].startswith(f"error: --check-rpc-url {node.url}") and want in err[0]
+    assert err[0].startswith("error: --check-rpc-url http://") and f"{want} as --rpc-url {node.url}:" in err[0]
+    assert "KEY" not in err[0]
     assert "not an independent price source" in err[0]
     assert_nothing_signed(node, wallet, journal(tmp_path, "j.jsonl"))
     assert node.calls == {}  # refused before any request
