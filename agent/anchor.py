@@ -62,9 +62,9 @@ def check_independent(rpc_urls: list[str], check_urls: list[str]) -> None:
         key = endpoint_key(url)
         if key in trading:
             same = "the same URL" if url.strip() == trading[key].strip() else "the same host:port"
-            raise UserError(
-                f"--check-rpc-url {redact_url(url)} is {same} as --rpc-url "
-                f"{redact_url(trading[key])}: not an independent price source (use another provider)"
+            raise UserError(  # (a URL is followed by a space or the end: redaction finds it whole)
+                f"--check-rpc-url {redact_url(url)} is not an independent price source (use "
+                f"another provider): it is {same} as --rpc-url {redact_url(trading[key])}"
             )
 
 
