@@ -172,7 +172,7 @@ def check_prices(
             checks[name] = read_pool(other, min(block, head_block(other) if head is None else head))
             report["sources"][name] = checks[name].price
         except Exception as e:  # noqa: BLE001 - any failure of a configured check refuses
-            report["problems"].append(f"{name}: {e if isinstance(e, UserError) else type(e).__name__}")
+            report["problems"].append(f"{name} failed: {e if isinstance(e, UserError) else type(e).__name__}")
     ref = report["sources"].get("swaps")
     if ref:
         report["deviation_pct"] = {

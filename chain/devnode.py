@@ -49,6 +49,7 @@ import bisect
 import json
 import math
 import random
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -142,6 +143,7 @@ class DevNode:
         self.epoch: dict[int, int] = {}  # block -> reorg generation (changes its hash)
         self.requests = 0
         self.calls: dict[str, int] = {}
+        self.connections: set[socket.socket] = set()  # open client connections (closed by stop)
         self._load(rows)
         self.clock: dict[str, Any] | None = None  # set_clock(): {t0, head0, shift, advance}
         self.quoter: str | None = None  # serve_quoter(): the V4 Quoter's address (lowercase)
@@ -274,8 +276,16 @@ class DevNode:
                 self._load(keep + list(rows))
 
     def stop(self) -> None:
+        """Stop serving: the listening socket and every open (keep-alive) connection close."""
         self.server.shutdown()
         self.server.server_close()
+        with self.lock:
+            conns, self.connections = list(self.connections), set()
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def __enter__(self) -> DevNode:
         return self
@@ -529,6 +539,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, *args: Any) -> None:  # quiet
         pass
+
+    def setup(self) -> None:
+        super().setup()
+        with self.devnode.lock:
+            self.devnode.connections.add(self.connection)
+
+    def finish(self) -> None:
+        with self.devnode.lock:
+            self.devnode.connections.discard(self.connection)
+        super().finish()
 
     def _send(self, code: int, body: bytes, headers: dict[str, str] | None = None) -> None:
         try:

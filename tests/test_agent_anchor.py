@@ -361,3 +361,15 @@ def test_method_unavailable_is_one_line_exit_2(tmp_path, keystore, capsys, monke
     assert err[0] == (f"error: the RPC endpoint {fork.url} does not serve a method live trading needs "
                       "(method eth_getBalance not found): use a full Base node or provider")
     assert fork.calls["eth_getBalance"] == 1 and "eth_sendRawTransaction" not in fork.calls
+
+
+def test_check_endpoint_down_mid_run(node, tmp_path):
+    """The anchor goes away after the start: no anchor, no order, the reason journaled."""
+    def between():
+        node.head += 1
+        node.check.stop()
+
+    wallet, summary, recs = _two_iterations(node, tmp_path, between)
+    assert_nothing_signed(node, wallet, recs)
+    assert recs[1]["refused_by"] == ["anchor"]
+    assert recs[1]["refused"].startswith(f"anchor: check:{node.check.url} failed (")
