@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from apeagent.errors import UserError
+from apeagent.errors import UserError, os_error_text
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS swaps (
@@ -126,6 +126,8 @@ class Store:
             self.db.executescript(SCHEMA)
         except sqlite3.DatabaseError as e:
             raise UserError(f"{self.path}: not a usable event store (damaged, truncated or not SQLite: {e})") from None
+        except OSError as e:  # a file on the way to it, no permission
+            raise UserError(f"{self.path}: {os_error_text(e)}") from None
 
     def close(self) -> None:
         self.db.close()
