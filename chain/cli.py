@@ -184,6 +184,23 @@ def import_csv(
     )
 
 
+@app.command("check-csv")
+def check_csv(
+    ctx: typer.Context,
+    csv_path: Path = typer.Argument(..., help="Swaps CSV to check."),
+    rows: int = typer.Option(1000, "--rows", min=1, help="Rows to check after the header."),
+    pool_id: str = typer.Option(None, "--pool-id"),
+    config: str = ConfigOpt,
+    run_dir: Path = RunDirOpt,
+) -> None:
+    """Check a swaps CSV's header and first rows (what the pipeline does before its first stage)."""
+    from chain.csvio import check_swaps_csv
+
+    c, _ = _settings(ctx, config, run_dir)
+    n = check_swaps_csv(csv_path, pool=c["pool_id"], rows=rows)
+    console.print(f"{csv_path}: header and {n} rows ok", markup=False)
+
+
 @app.command()
 def export(
     ctx: typer.Context,
