@@ -102,3 +102,21 @@ def write_json(path: str | Path, data: Any) -> None:
 
 def write_jsonl(path: str | Path, rows: list[dict]) -> None:
     write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def memory_bytes() -> int:
+    """Physical memory of this machine (the bound of what a command may try to allocate)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: assume 16 GiB
+        return 16 * 2**30
+
+
+def check_fits(need: int, what: str, lower: str) -> None:
+    """``need`` bytes for ``what`` fit in half this machine's memory; else a UserError that
+    says the bound and which settings to ``lower``."""
+    half = memory_bytes() // 2
+    if need > half:
+        raise UserError(f"{what} needs about {need / 2**30:.1f} GiB, more than half this machine's memory "
+                        f"({half / 2**30:.1f} GiB, the bound): lower {lower}")
+

@@ -89,9 +89,15 @@ def train(
     from gan_torch.data import read_bars
     from gan_torch.train import train as run_train
 
+    from apeagent.files import check_fits
+
     cfg, run = _cfg(ctx, config, run_dir)
     out_dir = out_dir or run.gan
     check_output(out_dir, folder=True, what="--out-dir")
+    # activations of the generator and the critic, kept for the gradient penalty's double backward
+    width = cfg["d_model"] * cfg["num_layers"] * (cfg["ff_mult"] + 8) + cfg["critic_hidden"] * 4
+    check_fits(cfg["batch_size"] * cfg["window_bars"] * width * 4 * 8,
+               f"a GAN batch of {cfg['batch_size']} windows", "--batch-size (gan.batch_size), gan.d_model or gan.num_layers")
     with tempfile.TemporaryDirectory() as tmp:
         if quick_test:
             if steps is None:
