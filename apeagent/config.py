@@ -286,9 +286,7 @@ def check_range(dotted: str, value: Any, where: str) -> Any:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return value
     sec, key = dotted.split(".", 1)
-    low = AT_LEAST.get(dotted, 0)
-    if key in AT_LEAST_ONE.get(sec, ()):
-        low = 1
+    low = AT_LEAST.get(dotted, 1 if key in AT_LEAST_ONE.get(sec, ()) else 0)
     if value != value or abs(value) == float("inf"):
         raise ConfigError(f"{where}: must be a finite number, got {value!r}")
     if abs(value) > INT64:

@@ -349,7 +349,7 @@ def check_swaps_file(source: dict[str, Any], pool_id: str) -> None:
     if done.returncode != 0:
         lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
         why = lines[-1].removeprefix("error: ") if lines else f"exit code {done.returncode}"
-        raise UserError(f"--swaps {source['path']}: {why}" if str(source["path"]) not in why else why)
+        raise UserError(f"--swaps {why}" if str(source["path"]) in why else f"--swaps {source['path']}: {why}")
 
 
 def _check_sqlite(path: Path) -> None:

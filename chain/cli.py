@@ -88,11 +88,12 @@ def collect(
     from apeagent.files import check_output
     from chain.collect import CollectError, CollectSettings
     from chain.collect import collect as run_collect
-    from chain.rpc import RpcSettings
+    from chain.rpc import RpcSettings, check_rpc_urls
 
     c, run = _settings(ctx, config, run_dir)
     if not c["rpc_urls"]:
         raise UserError("no RPC endpoint: pass --rpc-url URL (or set chain.rpc_urls in the config)")
+    check_rpc_urls(c["rpc_urls"])
     db = db or run.swaps_db
     check_output(db, what="--db")  # a folder, or under a file: before any connection
     s = CollectSettings(
@@ -214,9 +215,8 @@ def export(
     run_dir: Path = RunDirOpt,
 ) -> None:
     """Export the store as CSV (same columns + log_index) and/or the processed parquet files."""
-    from chain.csvio import write_swaps_csv
-
     from apeagent.files import check_output
+    from chain.csvio import write_swaps_csv
 
     c, run = _settings(ctx, config, run_dir)
     if csv_out is None and processed is None:
@@ -303,10 +303,9 @@ def simulate(
     run_dir: Path = RunDirOpt,
 ) -> None:
     """Write SIMULATED swaps (seeded; exact V4 swap math) in the swaps CSV schema."""
+    from apeagent.files import check_output
     from chain.csvio import write_swaps_csv
     from chain.simulate import simulate as run_simulate
-
-    from apeagent.files import check_output
 
     c, run = _settings(ctx, config, run_dir)
     out = out or run.simulated_csv
@@ -335,11 +334,13 @@ def snapshot(
     """Live pool state (StateView getSlot0 + getLiquidity) and last-N-minutes metrics as JSON."""
     from apeagent.config import window_minutes
     from apeagent.files import check_output, write_json
+    from chain.rpc import check_rpc_urls
     from chain.snapshot import snapshot as run_snapshot
 
     c, _ = _settings(ctx, config, run_dir)
     if not c["rpc_urls"]:
         raise UserError("no RPC endpoint: pass --rpc-url URL")
+    check_rpc_urls(c["rpc_urls"])
     if minutes is not None and minutes < 1:
         raise UserError(f"--minutes must be >= 1, got {minutes}")
     if out:

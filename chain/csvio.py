@@ -163,10 +163,7 @@ def read_swaps_csv_report(
 def check_swaps_csv(path: str | Path, pool: str | None = ETH_USDC_POOL_ID, rows: int = 1000) -> int:
     """Check a swaps CSV's header and its first ``rows`` rows (what the pipeline does before
     its first stage); returns how many rows were checked. Raises UserError naming the line."""
-    n = 0
-    for n, _ in enumerate(iter_swaps_csv(path, pool, limit=rows), 1):
-        pass
-    return n
+    return sum(1 for _ in iter_swaps_csv(path, pool, limit=rows))
 
 
 def check_header(header: list[str], path: str | Path) -> None:

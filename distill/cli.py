@@ -10,8 +10,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from apeagent.cli import ConfigOpt, RunDirOpt, given, run_cli
-from apeagent.files import check_output
 from apeagent.errors import UserError
+from apeagent.files import check_output
 from apeagent.layout import RunLayout
 
 app = typer.Typer(

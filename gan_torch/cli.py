@@ -11,8 +11,8 @@ import typer
 from rich.console import Console
 
 from apeagent.cli import ConfigOpt, RunDirOpt, given, run_cli
-from apeagent.files import check_output
 from apeagent.errors import UserError
+from apeagent.files import check_output
 from apeagent.layout import RunLayout
 
 app = typer.Typer(
@@ -86,10 +86,9 @@ def train(
     """Train the WGAN-GP; atomic checkpoints (last.pt every N steps, best.pt by fidelity)."""
     import json
 
+    from apeagent.files import check_fits
     from gan_torch.data import read_bars
     from gan_torch.train import train as run_train
-
-    from apeagent.files import check_fits
 
     cfg, run = _cfg(ctx, config, run_dir)
     out_dir = out_dir or run.gan
@@ -223,10 +222,8 @@ def validate(
 ) -> None:
     """GAN vs held-out real data (time split), with GBM / block-bootstrap baselines and the real
     floor. Every source sees only the training period (the GAN: its training conditions)."""
-    from gan_torch.swaps import DECODERS
+    from gan_torch.swaps import DECODERS, read_swaps
     from gan_torch.validate import print_table, run_validation
-
-    from gan_torch.swaps import read_swaps
 
     cfg, run = _cfg(ctx, config, run_dir)
     if cfg["swap_decoder"] not in DECODERS:
