@@ -176,7 +176,8 @@ def check_value(dotted: str, value: Any, where: str) -> Any:
     if choices is not None:
         for v in value if isinstance(value, list) else [value]:
             if v not in choices:
-                raise ConfigError(f"{where}: unknown value {_short(v)!r} (known: {', '.join(map(str, choices))})")
+                what = {"policies": "policy"}.get(key, key.replace("_", " "))
+                raise ConfigError(f"{where}: unknown {what} {_short(v)!r} (known: {', '.join(map(str, choices))})")
     return value
 
 
