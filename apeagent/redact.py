@@ -111,9 +111,10 @@ def redact_headers(headers: dict[str, Any]) -> dict[str, Any]:
     return {k: MASK if str(k).lower() in SECRET_HEADERS else v for k, v in headers.items()}
 
 
-def add_secret(value: str | None) -> None:
-    """Mask this exact value (a key read from the environment) wherever it appears in a text."""
-    if value and len(value) >= 6:
+def add_secret(value: str | None, min_len: int = 6) -> None:
+    """Mask this exact value (a key read from the environment) wherever it appears in a text
+    (a value shorter than ``min_len`` would mask common words: its URL form is masked still)."""
+    if value and len(value) >= min_len:
         _SECRETS.add(value)
 
 
@@ -143,7 +144,7 @@ def add_url_secrets(text: str) -> None:
         return
     for m in (*_URL.finditer(text), *_BARE.finditer(text)):
         for secret in url_secrets(m.group(0)):
-            add_secret(secret)
+            add_secret(secret, min_len=4)  # a user name, a short key
 
 
 def redact(text: str) -> str:
