@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from apeagent.errors import ConfigError
 from apeagent.layout import RunLayout
 from apeagent.redact import add_url_secrets
 
@@ -28,8 +29,6 @@ SHARED = "market"  # merged into every stage section
 STAGES = ("chain", "gan", "distill", "finetune", "agent")
 
 
-class ConfigError(ValueError):
-    """A config problem; the message names the file and the key."""
 
 
 def preset_names() -> list[str]:
@@ -177,7 +176,7 @@ def check_value(dotted: str, value: Any, where: str) -> Any:
         for v in value if isinstance(value, list) else [value]:
             if v not in choices:
                 what = {"policies": "policy"}.get(key, key.replace("_", " "))
-                raise ConfigError(f"{where}: unknown {what} {_short(v)!r} (known: {', '.join(map(str, choices))})")
+                raise ConfigError(f"{where}: unknown {what} {_short(v)} (known: {', '.join(map(str, choices))})")
     return value
 
 

@@ -15,13 +15,15 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
-from apeagent.config import ConfigError
-
 __all__ = ["ConfigError", "UserError", "os_error_text", "reading"]
 
 
 class UserError(Exception):
     """Bad input from the user (a file, a key, a flag). The message names it."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config problem; the message names the file and the key (``apeagent.config`` raises it)."""
 
 
 def os_error_text(e: OSError) -> str:
