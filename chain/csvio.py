@@ -166,18 +166,24 @@ def check_swaps_csv(path: str | Path, pool: str | None = ETH_USDC_POOL_ID, rows:
     return sum(1 for _ in iter_swaps_csv(path, pool, limit=rows))
 
 
+# columns a file may add after the shared file's, in this order: our export's log index, the
+# sequence id of the GAN's synthetic swaps (gan_torch/swaps.py)
+OPTIONAL_COLUMNS = ("log_index", "sequence")
+
+
 def check_header(header: list[str], path: str | Path) -> None:
-    """The columns of the shared file, in its order (``log_index`` last where our export adds it)."""
-    if tuple(header) in (CSV_COLUMNS, EXPORT_COLUMNS):
+    """The columns of the shared file, in its order, then any of :data:`OPTIONAL_COLUMNS`."""
+    head, tail = tuple(header[: len(CSV_COLUMNS)]), header[len(CSV_COLUMNS):]
+    if head == CSV_COLUMNS and tail == [c for c in OPTIONAL_COLUMNS if c in tail]:
         return
+    expected = f"{', '.join(CSV_COLUMNS)}[, {', '.join(OPTIONAL_COLUMNS)}]"
     missing = [c for c in CSV_COLUMNS if c not in header]
     if missing:
         raise UserError(f"{path}:1: missing column(s) {', '.join(missing)}")
-    extra = [c for c in header if c not in EXPORT_COLUMNS]
+    extra = [c for c in header if c not in (*CSV_COLUMNS, *OPTIONAL_COLUMNS)]
     if extra:
-        raise UserError(f"{path}:1: unknown column(s) {', '.join(_short(c) for c in extra[:5])} "
-                        f"(the columns are: {', '.join(CSV_COLUMNS)}[, log_index])")
-    raise UserError(f"{path}:1: columns out of order or repeated (expected: {', '.join(CSV_COLUMNS)}[, log_index])")
+        raise UserError(f"{path}:1: unknown column(s) {', '.join(_short(c) for c in extra[:5])} (the columns are: {expected})")
+    raise UserError(f"{path}:1: columns out of order or repeated (expected: {expected})")
 
 
 def iter_swaps_csv(path: str | Path, pool: str | None = ETH_USDC_POOL_ID, limit: int | None = None):
