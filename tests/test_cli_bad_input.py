@@ -41,7 +41,9 @@ NODE = "http://127.0.0.1:{node}"  # the project's devnode (chain/devnode.py)
 
 # (case id, command: chain | gan_torch | distill | finetune_mlx | agent | pipeline, argv, the
 # words the error line must contain: one string or a tuple of them). Workspace files: see
-# `workspace` below; {dead} and {node} in an argument are ports.
+# `workspace` below; {dead} and {node} in an argument are ports, {far} a block far beyond the
+# node's head. A case that could start heavy work if its check were missing stops early
+# (`--until simulate`, a missing input after the check) so that it fails fast.
 CASES = [
     # --- ape-chain: damaged stores, outputs that are folders or under files, bad CSVs, numbers
     ("process-truncated-db", "chain", ["process", "--db", "trunc.db", "--out-dir", "o"], "trunc.db"),
@@ -150,17 +152,19 @@ CASES = [
     # --- issue 26: tracebacks, secrets, crashes, silent acceptances, errors after writing
     ("config-null-value", "chain", ["simulate", "-c", "null.yaml"], ("null.yaml", "sim_swaps", "null")),
     ("config-list-of-ints", "agent", ["backtest", "-c", "policies.yaml"], ("policies.yaml", "agent.policies")),
+    ("config-url-list-of-ints", "distill", ["teach", "--windows", "windows.parquet", "-c", "baseurls.yaml"],
+     ("baseurls.yaml", "distill.base_urls", "list of strings")),
     ("config-unknown-device", "gan_torch", ["windows", "-c", "device.yaml"], ("device.yaml", "gan.device", "bogus")),
     ("simulate-out-fifo", "chain", ["simulate", "--n-swaps", "5", "--out", "fifo"], ("--out", "fifo", "regular")),
     ("export-csv-fifo", "chain", ["export", "--db", "good.db", "--csv", "fifo"], ("--csv", "fifo", "regular")),
     ("export-bar-seconds-int64", "chain", ["export", "--db", "good.db", "--csv", "x.csv", "--bar-seconds", str(2**64)],
      ("--bar-seconds", "64 bits")),
-    ("import-columns-out-of-order", "chain", ["import-csv", "order.csv", "--db", "new.db"], ("order.csv", "order")),
+    ("import-columns-out-of-order", "chain", ["import-csv", "order.csv", "--db", "new.db"], ("order.csv", "out of order")),
     ("import-extra-column", "chain", ["import-csv", "extra.csv", "--db", "new.db"], ("extra.csv", "unknown column", "bonus")),
     ("import-100000-digit-field", "chain", ["import-csv", "digits.csv", "--db", "new.db"], ("digits.csv:2", "digits")),
     ("import-bad-hex-pool-id", "chain", ["import-csv", "sim.csv", "--db", "new.db", "--pool-id", "0xZZ"], ("--pool-id", "0xZZ")),
     ("collect-to-block-beyond-head", "chain",
-     ["collect", "--rpc-url", NODE + "/v2/" + SHORT_KEY, "--to-block", "99999999999", "--db", "c.db"], ("--to-block", "head")),
+     ["collect", "--rpc-url", NODE + "/v2/" + SHORT_KEY, "--from-block", "{first}", "--to-block", "{far}", "--db", "c.db"], ("--to-block", "head")),
     ("collect-from-above-to", "chain",
      ["collect", "--rpc-url", NODE, "--from-block", "100", "--to-block", "50", "--db", "c.db"], ("--to-block", "--from-block")),
     ("collect-short-key-dead-port", "chain",
@@ -172,10 +176,10 @@ CASES = [
      ("--rpc-url", "http")),
     ("windows-min-active-nan", "gan_torch", ["windows", "--bars", "bars.parquet", "--min-active-frac", "nan"],
      ("--min-active-frac", "finite")),
-    ("train-batch-too-big", "gan_torch", ["train", "--bars", "bars.parquet", "--batch-size", "1000000000"],
+    ("train-batch-too-big", "gan_torch", ["train", "--bars", "nope.parquet", "--batch-size", "1000000000"],
      ("--batch-size", "16384")),
     ("train-batch-beyond-memory", "gan_torch",
-     ["train", "--bars", "bars.parquet", "--batch-size", "16384", "-c", "wide.yaml"], ("--batch-size", "GiB")),
+     ["train", "--bars", "nope.parquet", "--batch-size", "16384", "-c", "wide.yaml"], ("--batch-size", "GiB")),
     ("generate-swaps-out-under-file", "gan_torch",
      ["generate", "--checkpoint", "junk.pt", "--out", "s.parquet", "--swaps-out", "afile/sw.csv"], ("--swaps-out", "afile")),
     ("validate-junk-swaps", "gan_torch",
@@ -212,20 +216,20 @@ CASES = [
      ("--num-ctx",)),
     ("recipe-port-negative", "finetune_mlx", ["recipe", "--port", "-1"], ("--port",)),
     ("recipe-port-huge", "finetune_mlx", ["recipe", "--port", "99999"], ("--port",)),
-    ("pipeline-null-set", "pipeline", ["--set", "gan.steps=null"], ("--set gan.steps", "null")),
-    ("pipeline-bogus-device", "pipeline", ["--set", "gan.device=bogus"], ("--set gan.device", "bogus")),
-    ("pipeline-bogus-style", "pipeline", ["--set", "distill.style=bogus"], ("--set distill.style", "bogus")),
-    ("pipeline-policies-ints", "pipeline", ["--set", "agent.policies=[1,2]"], ("--set agent.policies",)),
-    ("pipeline-to-block-word", "pipeline", ["--set", "chain.to_block=abc"], ("chain.to_block", "abc")),
-    ("pipeline-swaps-binary", "pipeline", ["--swaps", "bin.csv"], ("--swaps", "bin.csv")),
-    ("pipeline-swaps-nul-bytes", "pipeline", ["--swaps", "nul.csv"], ("nul.csv", "nul")),
-    ("pipeline-swaps-100000-digits", "pipeline", ["--swaps", "digits.csv"], ("digits.csv:2", "digits")),
-    ("pipeline-swaps-column-order", "pipeline", ["--swaps", "order.csv"], ("order.csv", "order")),
-    ("pipeline-blocks-reversed", "pipeline", ["--rpc-url", DEAD, "--from-block", "100", "--to-block", "50"],
+    ("pipeline-null-set", "pipeline", ["--until", "simulate", "--set", "gan.steps=null"], ("--set gan.steps", "null")),
+    ("pipeline-bogus-device", "pipeline", ["--until", "simulate", "--set", "gan.device=bogus"], ("--set gan.device", "bogus")),
+    ("pipeline-bogus-style", "pipeline", ["--until", "simulate", "--set", "distill.style=bogus"], ("--set distill.style", "bogus")),
+    ("pipeline-policies-ints", "pipeline", ["--until", "simulate", "--set", "agent.policies=[1,2]"], ("--set agent.policies", "list of strings")),
+    ("pipeline-to-block-word", "pipeline", ["--until", "simulate", "--set", "chain.to_block=abc"], ("chain.to_block", "abc")),
+    ("pipeline-swaps-binary", "pipeline", ["--until", "ingest", "--swaps", "bin.csv"], ("--swaps", "bin.csv")),
+    ("pipeline-swaps-nul-bytes", "pipeline", ["--until", "ingest", "--swaps", "nul.csv"], ("nul.csv", "nul")),
+    ("pipeline-swaps-100000-digits", "pipeline", ["--until", "ingest", "--swaps", "digits.csv"], ("digits.csv:2", "digits")),
+    ("pipeline-swaps-column-order", "pipeline", ["--until", "ingest", "--swaps", "order.csv"], ("order.csv", "out of order")),
+    ("pipeline-blocks-reversed", "pipeline", ["--until", "ingest", "--rpc-url", DEAD, "--from-block", "100", "--to-block", "50"],
      ("--to-block 50", "--from-block 100")),
-    ("pipeline-blocks-without-rpc", "pipeline", ["--from-block", "5"], ("--from-block", "--rpc-url")),
-    ("pipeline-manifest-not-json", "pipeline", ["--run-dir", "run_junk"], ("run_junk/manifest.json", "--force all")),
-    ("pipeline-manifest-wrong-shape", "pipeline", ["--run-dir", "run_five"], ("run_five/manifest.json", "not a manifest")),
+    ("pipeline-blocks-without-rpc", "pipeline", ["--until", "simulate", "--from-block", "5"], ("--from-block", "--rpc-url")),
+    ("pipeline-manifest-not-json", "pipeline", ["--until", "simulate", "--run-dir", "run_junk"], ("run_junk/manifest.json", "--force all")),
+    ("pipeline-manifest-wrong-shape", "pipeline", ["--until", "simulate", "--run-dir", "run_five"], ("run_five/manifest.json", "not a manifest")),
 ]
 
 
@@ -350,6 +354,7 @@ def workspace(tmp_path_factory) -> Path:
     (ws / "null.yaml").write_text("chain:\n  sim_swaps: null\n")
     (ws / "policies.yaml").write_text("agent:\n  policies: [1, 2]\n")
     (ws / "device.yaml").write_text("gan:\n  device: bogus\n")
+    (ws / "baseurls.yaml").write_text("distill:\n  teacher: openai\n  base_urls: [1]\n")
     (ws / "wide.yaml").write_text("gan:\n  d_model: 4096\n  num_layers: 64\n")
     for name, kind, cut in (("m_trunc", "qwen2", True), ("m_mamba", "mamba", False), ("m_nope", "nosucharch", False)):
         _fake_model(ws / name, kind, cut)
@@ -387,7 +392,10 @@ def ports():
         sock.bind(("127.0.0.1", 0))
         dead = sock.getsockname()[1]  # closed again: nothing listens there
     node = start_devnode(simulate(50, seed=3))
-    yield {"node": node.url.rsplit(":", 1)[1].split("/")[0], "dead": str(dead)}
+    far = node.head + 200_000  # days of blocks beyond the head (not 99999999999: a scan that
+    # does not refuse it must end soon, and fail the case, not hang the suite)
+    yield {"node": node.url.rsplit(":", 1)[1].split("/")[0], "dead": str(dead), "far": str(far),
+           "first": str(node.head - 100)}
     node.stop()
 
 
@@ -396,7 +404,8 @@ def _run(case, ws: Path, base: Path, ports: dict) -> dict:
     cwd = base / name
     shutil.copytree(ws, cwd, symlinks=True, copy_function=_copy)
     before = _tree(cwd)
-    argv = [a.replace("{node}", ports["node"]).replace("{dead}", ports["dead"]) for a in argv]
+    for k, v in ports.items():
+        argv = [a.replace("{" + k + "}", v) for a in argv]
     r = run_in_process(command, argv, cwd)
     after = _tree(cwd)
     return {**r, "changed": before != after, "diff": sorted(set(before.items()) ^ set(after.items()))[:6]}
@@ -431,25 +440,29 @@ def test_bad_input_gives_one_clear_line(case, results):
     assert not r["changed"], r["diff"]
 
 
-def test_a_bug_is_not_bad_input(tmp_path):
-    """An exception the project did not raise as bad input: a `bug:` line, exit code 1, the
-    traceback in RUN/logs (with --run-dir) else the temp folder, shown with --debug."""
+@pytest.mark.parametrize("error", [KeyError("missing"), ValueError("missing"), OSError(5, "missing"),
+                                   UnicodeDecodeError("utf-8", b"x", 0, 1, "missing")],
+                         ids=lambda e: type(e).__name__)
+def test_a_bug_is_not_bad_input(tmp_path, error):
+    """An exception the project did not raise as bad input (builtin ValueError and OSError
+    included: a library's, or a programming error): a `bug:` line, exit code 1, the traceback
+    in RUN/logs (with --run-dir) else the temp folder, shown with --debug."""
     def broken() -> None:
-        {}["missing"]  # a programming error
+        raise error
 
     for argv, where in ((["--run-dir", str(tmp_path)], tmp_path / "logs"), ([], None)):
         err = io.StringIO()
         with _env(), contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_:
             run_cli(broken, argv)
         line = err.getvalue().strip()
-        assert exit_.value.code == 1 and line.startswith("bug: KeyError") and "\n" not in line, line
+        assert exit_.value.code == 1 and line.startswith(f"bug: {type(error).__name__}") and "\n" not in line, line
         log = Path(line.rsplit("traceback in ", 1)[1].rstrip(")"))
         assert log.is_file() and "Traceback" in log.read_text() and "missing" in log.read_text()
         if where is not None:
             assert log.parent == where
         else:
             log.unlink()
-    with _env(), pytest.raises(KeyError):
+    with _env(), pytest.raises(type(error)):
         run_cli(broken, ["--debug"])
 
 
