@@ -475,3 +475,16 @@ def test_debug_shows_the_traceback(workspace, tmp_path):
     p = subprocess.run([sys.executable, "-m", "chain", "simulate", "--n-swaps", "5", "--out", "adir", "--debug"],
                        cwd=tmp_path / "ws", env=env, capture_output=True, text=True)
     assert p.returncode != 0 and "Traceback" in p.stderr and "UserError" in p.stderr and "adir" in p.stderr
+
+
+@pytest.mark.parametrize("text", ["vol=inf", "trend=nan", "vol=inf,trend=nan", "volume=1e300"])
+def test_generate_condition_must_be_finite(text):
+    """`ape-gan generate --condition 'vol=inf,trend=nan'` (a checkpoint is not needed to see
+    the check: it runs on the condition bank before any window is generated)."""
+    import numpy as np
+
+    from apeagent.errors import UserError
+    from gan_torch.generate import parse_condition
+
+    with pytest.raises(UserError, match="--condition .*finite"):
+        parse_condition(text, np.zeros((4, 3)))
