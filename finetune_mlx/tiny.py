@@ -228,6 +228,24 @@ def pretrain(
     return losses
 
 
+def check_sizes(corpus: Sequence, hidden: int, layers: int, heads: int, kv_heads: int, inter: int,
+                vocab: int, tied: bool, batch_tokens: int) -> None:
+    """The sizes of :func:`build_tiny` make a model, and it fits in memory (float32 weights,
+    gradients and Adam's two moments, and a pre-training batch of ``batch_tokens``)."""
+    if hidden % heads or heads % kv_heads:
+        raise UserError(f"finetune.tiny_hidden_size ({hidden}) must divide by tiny_num_heads "
+                        f"({heads}), tiny_num_heads by tiny_num_kv_heads ({kv_heads})")
+    if vocab < MIN_VOCAB:
+        raise UserError(f"finetune.tiny_vocab_size must be >= {MIN_VOCAB} (the byte alphabet and the "
+                        f"special tokens), got {vocab}")
+    if not corpus:
+        raise UserError("the tokenizer corpus is empty (no training text)")
+    params = vocab * hidden * (1 if tied else 2) + layers * (4 * hidden * hidden + 3 * hidden * inter)
+    acts = batch_tokens * (hidden * layers * 16 + vocab) * 4
+    check_fits(16 * params + acts, f"a tiny model of {params:,} parameters",
+               "finetune.tiny_hidden_size, tiny_num_layers, tiny_vocab_size or tiny_pretrain_batch_size")
+
+
 def build_tiny(
     out_dir: str | Path,
     corpus: Sequence[str],
@@ -261,22 +279,8 @@ def build_tiny(
     from mlx_lm.tokenizer_utils import load as load_tokenizer
 
     out_dir = Path(out_dir)
-    if hidden_size % num_heads or num_heads % num_kv_heads:
-        raise UserError(f"finetune.tiny_hidden_size ({hidden_size}) must divide by tiny_num_heads "
-                        f"({num_heads}), tiny_num_heads by tiny_num_kv_heads ({num_kv_heads})")
-    if vocab_size < MIN_VOCAB:
-        raise UserError(f"finetune.tiny_vocab_size must be >= {MIN_VOCAB} (the byte alphabet and the "
-                        f"special tokens), got {vocab_size}")
-    if not corpus:
-        raise UserError("the tokenizer corpus is empty (no training text)")
-    inter = intermediate_size or 4 * hidden_size
-    params = vocab_size * hidden_size * (1 if tie_word_embeddings else 2) + num_layers * (
-        4 * hidden_size * hidden_size + 3 * hidden_size * inter)
-    # float32 weights, gradients and Adam's two moments, plus a batch of activations
-    acts = pretrain_batch_size * max_position_embeddings * (hidden_size * num_layers * 16 + vocab_size) * 4
-    check_fits(16 * params + acts, f"a tiny model of {params:,} parameters",
-               "finetune.tiny_hidden_size, tiny_num_layers, tiny_vocab_size or tiny_pretrain_batch_size")
     intermediate_size = intermediate_size or 4 * hidden_size
+    check_sizes(corpus, hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size, vocab_size, tie_word_embeddings, pretrain_batch_size * max_position_embeddings)  # noqa: E501
     t0 = time.perf_counter()
     mx.random.seed(seed)
     np.random.seed(seed)
