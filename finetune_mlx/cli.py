@@ -175,6 +175,7 @@ def lora(
 
     if resume_adapter_file is not None:
         check_safetensors(resume_adapter_file, "--resume-adapter-file")
+    _check_canaries(data or run.dataset)
     base = resolve_model(cfg["base_model"])
     hidden = read_config(base).get("hidden_size")
     if isinstance(hidden, int) and cfg["lora_rank"] > hidden:
@@ -193,6 +194,17 @@ def lora(
             f"train loss {report['final_train_loss']:.3f}  val loss {report['final_val_loss']:.3f}  "
             f"{report['tokens_per_second']} tok/s  {report['seconds']} s"
         )
+
+
+def _check_canaries(data: Path) -> None:
+    """A dataset whose answers hold no canary decision would train a student that never says
+    one: refused before training (a hand-made or foreign dataset)."""
+    from distill.dataset import answer_problem, load_splits, split_prompt
+
+    rows = load_splits(data, ("train",))["train"]
+    if rows and all(answer_problem(split_prompt(ex)[1]) for ex in rows):
+        raise UserError(f"--data {data}: no answer in train.jsonl holds a canary decision "
+                        "(#### APE IN | APE OUT | APE NEUTRAL); build it with `ape-distill dataset`")
 
 
 @app.command()

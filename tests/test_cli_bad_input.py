@@ -199,6 +199,7 @@ CASES = [
     ("lora-truncated-resume-adapter", "finetune_mlx",
      ["lora", "--model", "m_trunc", "--data", "ds", "--resume-adapter-file", "trunc.safetensors"],
      ("--resume-adapter-file", "trunc.safetensors")),
+    ("lora-no-canary", "finetune_mlx", ["lora", "--model", "m_trunc", "--data", "ds_plain"], ("--data ds_plain", "canary")),
     ("lora-rank-huge", "finetune_mlx", ["lora", "--data", "ds", "--lora-rank", "100000000"], ("finetune.lora_rank", "4096")),
     ("fuse-truncated-weights", "finetune_mlx", ["fuse", "--model", "m_trunc", "--adapter-path", "adir", "--out", "f"],
      ("m_trunc/model.safetensors",)),
@@ -370,6 +371,10 @@ def workspace(tmp_path_factory) -> Path:
                       ("distill", ["dataset", "--answers", "teach/answers.jsonl", "--out-dir", "ds"])):
         r = run_in_process(cmd, argv, ws)
         assert r["rc"] == 0, r["stderr"][-2000:]
+    shutil.copytree(ws / "ds", ws / "ds_plain")  # the same dataset, its answers without a canary
+    for split in ("train", "valid", "test"):
+        path = ws / "ds_plain" / f"{split}.jsonl"
+        path.write_text(path.read_text().replace("#### APE ", "#### "))
     shutil.move(ws / "teach" / "answers.jsonl", ws / "answers.jsonl")
     shutil.rmtree(ws / "teach")
     good = json.loads((ws / "answers.jsonl").read_text().splitlines()[0])
