@@ -1,27 +1,33 @@
 """What every command line shares: the ``--config`` / ``--run-dir`` options and the CLI boundary.
 
 ``run_cli(app)`` is the one place that turns bad input into one line on stderr and exit code 2
-(every console script's ``main`` calls it): a user error, a config error, a bad flag, a file
-that is missing, a directory, under a file or unreadable, a damaged SQLite store, a binary file
-where text was expected, a value that does not parse, a config nested or extended without end.
-The line is redacted (apeagent/redact.py) and cut to one short line. ``--debug`` (anywhere on
-the command line) or ``APE_DEBUG=1`` shows the traceback instead.
+(every console script's ``main`` calls it). Bad input is only what the project itself calls
+so: a :class:`UserError` or :class:`ConfigError` (raised where the input is read, naming the
+file, key or flag; :func:`apeagent.errors.reading` converts a library's error there) and
+typer's / click's usage errors (a bad flag or value). Anything else is a bug: one line that
+says so, exit code 1, and the traceback in a log file (the run folder's ``logs/`` when the
+command names one that exists, else the temp folder; the line gives the path). ``--debug``
+(anywhere on the command line) or ``APE_DEBUG=1`` shows the traceback instead. Every line is
+redacted (apeagent/redact.py) and cut to one short line.
 """
 
 from __future__ import annotations
 
-import errno
 import os
-import sqlite3
 import sys
+import tempfile
+import time
+import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import typer
 
 from apeagent.config import ConfigError
 from apeagent.errors import UserError
-from apeagent.redact import redact
+from apeagent.redact import add_url_secrets, redact
 
+EXIT_BUG = 1
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 MAX_LINE = 400  # characters of the one error line
@@ -43,22 +49,38 @@ RunDirOpt = typer.Option(
 # variable (whitespace-separated), never on a command line that `ps` or a manifest would show
 RPC_URLS_ENV = "APE_RPC_URLS"
 
-# what run_cli turns into one line (anything else is a bug: it keeps its traceback)
+# what run_cli turns into one `error:` line, exit 2 (anything else is a bug)
 BAD_INPUT = (
     UserError,
     ConfigError,
-    typer.TyperException,  # typer's usage errors: a bad flag or value
-    OSError,
-    sqlite3.DatabaseError,
-    UnicodeError,
-    ValueError,
-    OverflowError,
-    RecursionError,
+    typer.TyperException,  # typer's usage errors (its click's ClickException): a bad flag or value
 )
 
 
+def given(ctx: typer.Context, section: str) -> tuple[dict[str, object], dict[str, str]]:
+    """The options of the running command (``ctx``) that were given, on the command line or
+    through their environment variable, and name a key of config ``section``; and their
+    flags. That is the CLI layer of defaults < config file < flags: an option is declared
+    once, its parameter named for its key (``timeout_s: float = typer.Option(None,
+    "--timeout")``), the way mlx-lm's ``lora.py`` merges the parser's given arguments over
+    ``CONFIG_DEFAULTS``."""
+    from apeagent.config import defaults
+
+    known = defaults(section)
+    values, flags = {}, {}
+    for param in ctx.command.params:
+        name = param.name
+        source = ctx.get_parameter_source(name) if name else None
+        if name in known and source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
+            value = ctx.params[name]
+            values[name] = list(value) if isinstance(value, tuple) else value
+            flags[name] = max(param.opts, key=len) if param.opts else name
+    return values, flags
+
+
 def run_cli(app: Callable[..., object], args: Sequence[str] | None = None) -> None:
-    """Run a typer app (or a callable); turn bad input into ``error: ...`` on stderr, exit code 2.
+    """Run a typer app (or a callable); turn bad input into ``error: ...`` on stderr, exit code 2,
+    and a bug into ``bug: ...``, exit code 1, with its traceback in a log file.
 
     ``args``: the command line without the program name [``sys.argv[1:]``].
     """
@@ -66,6 +88,8 @@ def run_cli(app: Callable[..., object], args: Sequence[str] | None = None) -> No
     cut = argv.index("--") if "--" in argv else len(argv)
     debug = "--debug" in argv[:cut] or os.environ.get("APE_DEBUG", "") not in ("", "0")
     argv = [a for a in argv[:cut] if a != "--debug"] + argv[cut:]
+    for text in (*argv, *os.environ.get(RPC_URLS_ENV, "").split()):
+        add_url_secrets(text)  # a key in a URL is masked wherever a library quotes it
     try:
         if isinstance(app, typer.Typer):
             code = app(args=argv, standalone_mode=False)
@@ -88,36 +112,56 @@ def run_cli(app: Callable[..., object], args: Sequence[str] | None = None) -> No
             raise
         print(f"error: {one_line(describe(e))}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
+    except Exception as e:  # a bug: say so, keep the traceback
+        if debug:
+            raise
+        log = write_bug_log(e, argv)
+        where = f"traceback in {log}" if log else "traceback: run again with --debug"
+        what = one_line(f"{type(e).__name__}: {e}")
+        print(one_line(f"bug: {what} (an internal error, not bad input; {where})"), file=sys.stderr)
+        sys.exit(EXIT_BUG)
 
 
 def describe(e: BaseException) -> str:
-    """What is wrong, in words, naming the file or the value where the exception says which."""
-    if isinstance(e, typer.TyperException):
+    """What is wrong, in words (the message of a UserError / ConfigError names the culprit)."""
+    if isinstance(e, typer.TyperException) and hasattr(e, "format_message"):
         return e.format_message()
-    if isinstance(e, OSError):
-        where = e.filename if e.filename is not None else ""
-        if isinstance(e, FileNotFoundError) and where:
-            return f"file not found: {where}"
-        if isinstance(e, IsADirectoryError):
-            return f"{where}: is a directory (a file is needed here)"
-        if isinstance(e, NotADirectoryError) or (isinstance(e, FileExistsError) and os.path.isfile(str(where))):
-            return f"{where}: a file stands where a folder is needed (in the path or as the path)"
-        if isinstance(e, PermissionError):
-            return f"{where}: permission denied"
-        if e.errno == errno.ENOSPC:
-            return f"{where}: no space left on the device"
-        if e.errno == errno.ENAMETOOLONG:
-            return "a file name is too long"
-        return f"{where}: {e.strerror or e}" if where else str(e)
-    if isinstance(e, sqlite3.DatabaseError):
-        return f"not a usable SQLite store (damaged, truncated or another kind of file): {e}"
-    if isinstance(e, UnicodeDecodeError):
-        return f"not UTF-8 text ({e.reason} at byte {e.start}); a text file (CSV, JSON, YAML) is needed"
-    if isinstance(e, RecursionError):
-        return "input nested too deeply (a config that extends itself, or a deeply nested file)"
-    if isinstance(e, OverflowError):
-        return f"number out of range: {e}"
     return str(e) or type(e).__name__
+
+
+def run_dir_of_argv(argv: Sequence[str]) -> Path | None:
+    """The run folder a command line names (``--run-dir DIR`` / ``-r DIR``), if it is a folder."""
+    for i, a in enumerate(argv):
+        value = None
+        if a in ("--run-dir", "-r") and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif a.startswith("--run-dir="):
+            value = a.split("=", 1)[1]
+        if value:
+            try:
+                if Path(value).is_dir():
+                    return Path(value)
+            except OSError:
+                return None
+    return None
+
+
+def write_bug_log(e: BaseException, argv: Sequence[str]) -> Path | None:
+    """The redacted traceback in ``RUN/logs/bug-<time>-<pid>.log`` (else the temp folder)."""
+    text = "".join(traceback.format_exception(e))
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    run = run_dir_of_argv(argv)
+    folders = ([run / "logs"] if run is not None else []) + [Path(tempfile.gettempdir())]
+    body = redact(f"command: {' '.join(sys.argv[:1] + list(argv))}\n{text}")
+    for folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"apeagent-bug-{stamp}-{os.getpid()}.log"
+            path.write_text(body)
+            return path
+        except OSError:
+            continue
+    return None
 
 
 def one_line(text: str) -> str:

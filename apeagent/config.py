@@ -17,7 +17,9 @@ from typing import Any
 
 import yaml
 
+from apeagent.errors import ConfigError
 from apeagent.layout import RunLayout
+from apeagent.redact import add_url_secrets
 
 PRESET_DIR = Path(__file__).parent / "presets"
 DEFAULTS_FILE = Path(__file__).parent / "defaults.yaml"
@@ -27,8 +29,6 @@ SHARED = "market"  # merged into every stage section
 STAGES = ("chain", "gan", "distill", "finetune", "agent")
 
 
-class ConfigError(ValueError):
-    """A config problem; the message names the file and the key."""
 
 
 def preset_names() -> list[str]:
@@ -120,9 +120,11 @@ def defaults(name: str) -> dict[str, Any]:
 
 
 def section(
-    config: dict[str, Any], name: str, overrides: dict[str, Any] | None = None
+    config: dict[str, Any], name: str, overrides: dict[str, Any] | None = None,
+    flags: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Defaults < config file section < explicit overrides (``None`` means "not given").
+    """Defaults < config file section < explicit overrides (``None`` means "not given");
+    ``flags``: the command-line flag of an override, named in its errors.
 
     A stage section comes merged with the ``market`` section: ``section(cfg, "gan")["window_bars"]``.
     """
@@ -144,16 +146,62 @@ def section(
                     f"{where}: unknown key {sec}.{key}{hint} (known: {', '.join(sorted(known))})"
                 )
             label = where if where.endswith(f"{sec}.{key}") else f"{where}: {sec}.{key}"
-            base[key] = check_range(f"{sec}.{key}", _coerce(value, known[key], label), label)
+            base[key] = check_value(f"{sec}.{key}", value, label)
     for key, value in (overrides or {}).items():
         if value is None:
             continue
         if key not in base:
             raise ConfigError(f"unknown override {name}.{key}")
         sec = name if key in own else SHARED
-        label = f"override {sec}.{key}"
-        base[key] = check_range(f"{sec}.{key}", _coerce(value, DEFAULTS[sec][key], label), label)
+        label = f"{flags[key]} ({sec}.{key})" if key in (flags or {}) else f"override {sec}.{key}"
+        base[key] = check_value(f"{sec}.{key}", value, label)
     return base
+
+
+def check_value(dotted: str, value: Any, where: str) -> Any:
+    """``value`` for ``section.key``: of its default's type (:func:`_coerce`), in its range
+    (:func:`check_range`) and among its choices (:data:`CHOICES`); ``where`` names it."""
+    sec, key = dotted.split(".", 1)
+    value = check_range(dotted, _coerce(value, DEFAULTS[sec][key], where, dotted), where)
+    for v in value if isinstance(value, list) else [value]:
+        if isinstance(v, str):
+            add_url_secrets(v)  # an endpoint's key in a config file is masked in every message
+    if dotted == "chain.to_block" and isinstance(value, str) and value != "latest":
+        try:
+            value = check_range(dotted, int(value, 0), where)
+        except ValueError:
+            raise ConfigError(f"{where}: a block number or 'latest', got {_short(value)!r}") from None
+    choices = CHOICES.get(dotted)
+    if choices is not None:
+        for v in value if isinstance(value, list) else [value]:
+            if v not in choices:
+                what = {"policies": "policy"}.get(key, key.replace("_", " "))
+                raise ConfigError(f"{where}: unknown {what} {_short(v)} (known: {', '.join(map(str, choices))})")
+    return value
+
+
+# The keys whose values are names from a fixed set. The stages own what the names mean (a
+# stage checks them too); the kernel knows them so that a whole config is checked before the
+# first stage runs.
+CHOICES: dict[str, tuple[Any, ...]] = {
+    "run.source": ("simulate", "csv", "store", "rpc"),
+    "chain.timestamps": ("auto", "headers", "derive"),
+    "gan.device": ("auto", "cpu", "mps", "cuda"),
+    "gan.minibatch_impl": ("cdist", "native"),
+    "gan.swap_decoder": ("bootstrap", "uniform"),
+    "distill.teacher": ("rules", "mlx", "openai"),
+    "distill.style": ("cod", "cot"),
+    "distill.format": ("chat", "completions"),
+    "distill.rebalance": ("none", "downsample", "upsample"),
+    "finetune.fine_tune_type": ("lora", "dora", "full"),
+    "finetune.optimizer": ("adam", "adamw", "sgd", "adafactor"),
+    "finetune.lr_schedule": ("cosine_decay", "linear_schedule", "constant"),
+    "agent.teacher": ("rules",),
+    "agent.style": ("cod", "cot"),
+    "agent.policies": ("student", "rules", "teacher", "hold", "rebalance"),
+}
+# keys whose default is null: the types they take besides null
+NULLABLE: dict[str, tuple[type, ...]] = {"chain.to_block": (int, str)}
 
 
 # Ranges of the numbers where a negative, zero or huge value makes no sense. Every other number
@@ -188,7 +236,48 @@ POSITIVE = {  # > 0
     "finetune": ("learning_rate", "lora_scale"),
     "agent": ("initial_value_usdc", "max_trade_eth", "interval_seconds"),
 }
-AT_LEAST = {"finetune.num_layers": -1}  # -1: every block
+AT_LEAST = {
+    "finetune.num_layers": -1,  # -1: every block
+    "finetune.tiny_vocab_size": 260,  # the byte alphabet (256) and the special tokens come first
+}
+# Resources: sizes whose memory grows with them. The bound is what fits in the memory of the
+# machines the project targets (a 16-128 GB Mac, one GPU); a larger value would be killed by
+# the kernel, or crash the library, long after the command started.
+AT_MOST = {
+    "chain.batch_size": 1000,
+    "chain.concurrency": 256,
+    "gan.batch_size": 16384,
+    "gan.d_model": 4096,
+    "gan.num_heads": 256,
+    "gan.num_layers": 64,
+    "gan.ff_mult": 64,
+    "gan.noise_dim": 4096,
+    "gan.cond_tokens": 1024,
+    "gan.critic_hidden": 8192,
+    "gan.mb_kernels": 1024,
+    "gan.mb_dim": 1024,
+    "gan.n_generate": 1_000_000,
+    "distill.batch_size": 1024,
+    "distill.concurrency": 1024,
+    "distill.max_tokens": 1_000_000,
+    "distill.max_seq_length": 1_000_000,
+    "finetune.lora_rank": 4096,
+    "finetune.batch_size": 4096,
+    "finetune.num_layers": 1024,
+    "finetune.max_seq_length": 1_000_000,
+    "finetune.max_tokens": 1_000_000,
+    "finetune.num_processes": 1024,
+    "finetune.tiny_hidden_size": 16384,
+    "finetune.tiny_num_layers": 256,
+    "finetune.tiny_num_heads": 1024,
+    "finetune.tiny_num_kv_heads": 1024,
+    "finetune.tiny_intermediate_size": 65536,
+    "finetune.tiny_vocab_size": 262144,
+    "finetune.tiny_pretrain_batch_size": 4096,
+    "agent.context_tokens": 1_000_000,
+    "agent.max_tokens": 1_000_000,
+    "market.window_bars": 100_000,
+}
 INT64 = 2**63 - 1
 
 
@@ -197,9 +286,7 @@ def check_range(dotted: str, value: Any, where: str) -> Any:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return value
     sec, key = dotted.split(".", 1)
-    low = AT_LEAST.get(dotted, 0)
-    if key in AT_LEAST_ONE.get(sec, ()):
-        low = 1
+    low = AT_LEAST.get(dotted, 1 if key in AT_LEAST_ONE.get(sec, ()) else 0)
     if value != value or abs(value) == float("inf"):
         raise ConfigError(f"{where}: must be a finite number, got {value!r}")
     if abs(value) > INT64:
@@ -207,9 +294,12 @@ def check_range(dotted: str, value: Any, where: str) -> Any:
     if key in POSITIVE.get(sec, ()) and value <= 0:
         raise ConfigError(f"{where}: must be > 0, got {value!r}")
     if value < low:
-        raise ConfigError(f"{where}: must be >= {low}, got {value!r}")
+        raise ConfigError(f"{where}: must be >= {low}, got {_short(value)}")
     if key in FRACTIONS.get(sec, ()) and value > 1:
         raise ConfigError(f"{where}: must be between 0 and 1, got {value!r}")
+    high = AT_MOST.get(dotted)
+    if high is not None and value > high:
+        raise ConfigError(f"{where}: must be <= {high} (the bound of what fits in memory), got {value!r}")
     return value
 
 
@@ -230,7 +320,8 @@ def validate(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def stage_settings(
-    config: str | Path | None, run_dir: Path | None, name: str, overrides: dict[str, Any]
+    config: str | Path | None, run_dir: Path | None, name: str, overrides: dict[str, Any],
+    flags: dict[str, str] | None = None,
 ) -> tuple[dict[str, Any], RunLayout]:
     """What a stage command needs: its section (defaults < file < flags) and the run layout.
 
@@ -238,7 +329,7 @@ def stage_settings(
     preset. ``run_dir`` None: the config's ``run.run_dir``.
     """
     cfg = load(config_for(config, run_dir))
-    return section(cfg, name, overrides), RunLayout(run_dir or run_dir_of(cfg))
+    return section(cfg, name, overrides, flags), RunLayout(run_dir or run_dir_of(cfg))
 
 
 def config_for(config: str | Path | None, run_dir: Path | None) -> str | Path:
@@ -273,16 +364,25 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _coerce(value: Any, default: Any, where: str) -> Any:
-    """Check a value against its default's type; ints widen to floats, None stays None."""
-    if default is None or value is None:
-        return value
+def _coerce(value: Any, default: Any, where: str, dotted: str = "") -> Any:
+    """Check a value against its default's type; ints widen to floats. ``null`` only where the
+    default is null; a list's elements must be strings (as every list default's are)."""
+    if default is None:
+        kinds = NULLABLE.get(dotted, ())
+        if value is None or not kinds or (isinstance(value, kinds) and not isinstance(value, bool)):
+            return value
+        raise ConfigError(f"{where}: expected {' or '.join(k.__name__ for k in kinds)} or null, got {_short(value)!r}")
+    if value is None:
+        raise ConfigError(f"{where}: must not be null (expected {type(default).__name__}, default {default!r})")
     if isinstance(default, bool):
         if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+            raise ConfigError(f"{where}: expected true/false, got {_short(value)!r}")
         return value
     if isinstance(default, float) and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ConfigError(f"{where}: number too large, got {_short(value)}") from None
     if isinstance(default, float) and isinstance(value, str):
         try:
             return float(value)  # YAML reads "2e-4" as a string
@@ -291,5 +391,9 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
     if isinstance(default, list) and isinstance(value, str):
         return [v for v in value.split(",") if v]
     if not isinstance(value, type(default)) or (isinstance(value, bool) and not isinstance(default, bool)):
-        raise ConfigError(f"{where}: expected {type(default).__name__}, got {value!r}")
+        raise ConfigError(f"{where}: expected {type(default).__name__}, got {_short(value)!r}")
+    if isinstance(default, list):
+        bad = [v for v in value if not isinstance(v, str)]
+        if bad:
+            raise ConfigError(f"{where}: expected a list of strings, got the element {_short(bad[0])!r}")
     return value

@@ -175,16 +175,30 @@ def settings_hash(stage: Stage) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def load_manifest(run_dir: Path) -> dict[str, Any]:
+def load_manifest(run_dir: Path, rebuild: bool = False) -> dict[str, Any]:
+    """The run's manifest. One that is not a manifest (written atomically, so a hand edit gone
+    wrong, or another file) is an error naming it; ``rebuild`` (``--force all``) starts over."""
     path = RunLayout(run_dir).manifest
     if not path.exists():
         return {"stages": {}}
+    why = ""
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        # written atomically, so this is a hand edit gone wrong; starting over is safe
-        console.print(f"[yellow]warning: {path} is not valid JSON; all stages will re-run")
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or not isinstance(data.get("stages", {}), dict):
+            why = "valid JSON, but not a manifest (an object with a 'stages' object)"
+        elif not all(isinstance(r, dict) for r in data.get("stages", {}).values()):
+            why = "a stage record is not an object"
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        why = f"not valid JSON ({type(e).__name__})"
+    except OSError as e:
+        raise UserError(f"{path}: cannot be read: {e.strerror or e}") from None
+    if not why:
+        data.setdefault("stages", {})
+        return data
+    if rebuild:
+        console.print(f"[yellow]{path}: {why}; rebuilt (--force all): every stage re-runs")
         return {"stages": {}}
+    raise UserError(f"{path}: {why}; fix or remove it, or pass --force all to rebuild the run")
 
 
 def is_current(stage: Stage, record: dict[str, Any] | None) -> bool:
@@ -224,7 +238,8 @@ def run(
     run_cfg = section(cfg, "run")
     run_dir = Path(run_dir or run_cfg["run_dir"])
     cfg.setdefault("run", {})["run_dir"] = str(run_dir)  # a stage run by hand with -c R/config.yaml finds R
-    source = dict(source or {"kind": run_cfg["source"]})
+    source = dict(source or {})
+    source.setdefault("kind", run_cfg["source"])
     if source["kind"] == "rpc" and not source.get("urls"):
         source["urls"] = list(section(cfg, "chain")["rpc_urls"])
         if not source["urls"]:
@@ -241,6 +256,10 @@ def run(
         raise UserError(f"--force: unknown stage(s) {', '.join(sorted(unknown))} (stages: {', '.join(names)})")
     if until is not None and until not in names:
         raise UserError(f"--until: unknown stage {until!r} (stages: {', '.join(names)})")
+    check_blocks(source, section(cfg, "chain"))
+    check_swaps_file(source, section(cfg, "chain")["pool_id"])
+    # every check is done before the first write: the manifest too
+    manifest = load_manifest(run_dir, rebuild="all" in force)
 
     # every stage reads the same effective config (preset + --set overrides), kept with the run
     # (redacted: an endpoint's key reaches its stage through the environment only)
@@ -248,7 +267,6 @@ def run(
     text = yaml.safe_dump(effective, sort_keys=False)
     if not config_file.exists() or config_file.read_text() != text:
         files.write_text(config_file, text)
-    manifest = load_manifest(run_dir)
     manifest.update(preset=preset, run_dir=str(run_dir), source=_describe(source), versions=versions())
     if source["kind"] == "simulate":
         console.print("[bold yellow]data source: SIMULATED swaps (offline default); "
@@ -301,6 +319,37 @@ def check_inputs(source: dict[str, Any], run_dir: Path) -> None:
         raise UserError(f"--run-dir {run_dir}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"--run-dir {run_dir}: {parent} is not writable")
+
+
+def check_blocks(source: dict[str, Any], chain: dict[str, Any]) -> None:
+    """The block range of an RPC source (flags, else ``chain.from_block`` / ``to_block``):
+    numbers >= 0, from <= to; checked before any connection."""
+    if source["kind"] != "rpc":
+        given = [f for f in ("from_block", "to_block") if source.get(f) is not None]
+        if given:
+            raise UserError(f"--{given[0].replace('_', '-')} needs --rpc-url (the blocks of an RPC collection)")
+        return
+    lo = source.get("from_block") if source.get("from_block") is not None else chain["from_block"]
+    hi = source.get("to_block") if source.get("to_block") is not None else chain["to_block"]
+    for flag, v in (("--from-block", lo), ("--to-block", hi)):
+        if isinstance(v, int) and not 0 <= v < 2**63:
+            raise UserError(f"{flag} must be a block number >= 0, got {v}")
+    if isinstance(hi, int) and isinstance(lo, int) and hi < lo:
+        raise UserError(f"--to-block {hi} is below --from-block {lo}")
+
+
+def check_swaps_file(source: dict[str, Any], pool_id: str) -> None:
+    """A ``--swaps`` CSV's header and first rows, read by its owner (`ape-chain check-csv`,
+    the ingest stage's reader) before anything is written: a bad file fails here, not after
+    the first stages."""
+    if source["kind"] != "csv":
+        return
+    cmd = [sys.executable, "-m", "chain", "check-csv", str(source["path"]), "--pool-id", pool_id]
+    done = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
+    if done.returncode != 0:
+        lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+        why = lines[-1].removeprefix("error: ") if lines else f"exit code {done.returncode}"
+        raise UserError(f"--swaps {why}" if str(source["path"]) in why else f"--swaps {source['path']}: {why}")
 
 
 def _check_sqlite(path: Path) -> None:
@@ -404,8 +453,8 @@ def cli(
         source = {"kind": "store", "path": str(store)}
     elif rpc_url:
         source = {"kind": "rpc", "urls": list(rpc_url), "from_block": from_block, "to_block": to_block}
-    else:
-        source = None
+    else:  # the config's source (--from-block / --to-block apply to run.source rpc only)
+        source = {k: v for k, v in (("from_block", from_block), ("to_block", to_block)) if v is not None} or None
     try:
         manifest = run(preset, run_dir, source, force, until, parse_overrides(set_))
     except StageFailed as e:

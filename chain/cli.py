@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from apeagent.cli import RPC_URLS_ENV, ConfigOpt, RunDirOpt, run_cli
+from apeagent.cli import RPC_URLS_ENV, ConfigOpt, RunDirOpt, given, run_cli
 from apeagent.errors import UserError
 from apeagent.layout import RunLayout
 
@@ -29,25 +29,27 @@ def _group() -> None:
     """Keep typer in multi-command mode."""
 
 
-def _settings(config: str | None, run_dir: Path | None, overrides: dict) -> tuple[dict, RunLayout]:
+def _settings(ctx: typer.Context, config: str | None, run_dir: Path | None) -> tuple[dict, RunLayout]:
+    """The chain section: defaults < config < the options given (each named for its key)."""
     from apeagent.config import stage_settings
+    from chain.pool import norm_hex32
 
-    return stage_settings(config, run_dir, "chain", overrides)
-
-
-def _block(value: str | int, name: str) -> int | str:
-    if isinstance(value, int) or str(value) == "latest":
-        return value
+    values, flags = given(ctx, "chain")
+    c, run = stage_settings(config, run_dir, "chain", values, flags)
     try:
-        return int(str(value), 0)
+        c["pool_id"] = norm_hex32(c["pool_id"])
     except ValueError:
-        raise UserError(f"{name} must be a block number or 'latest', got {value!r}") from None
+        where = flags.get("pool_id", "chain.pool_id")
+        shown = c["pool_id"] if len(c["pool_id"]) <= 80 else f"{c['pool_id'][:80]}… ({len(c['pool_id'])} characters)"
+        raise UserError(f"{where}: a pool id is 32 bytes of hex (64 hex digits), got {shown!r}") from None
+    return c, run
 
 
 @app.command()
 def collect(
+    ctx: typer.Context,
     db: Path = typer.Option(None, "--db", help="SQLite event store to fill [RUN/chain/swaps.db]."),
-    rpc_url: list[str] = typer.Option(
+    rpc_urls: list[str] = typer.Option(
         None, "--rpc-url", envvar=RPC_URLS_ENV, help="Base JSON-RPC URL; repeat for several."
     ),
     from_block: int = typer.Option(None, "--from-block"),
@@ -61,8 +63,8 @@ def collect(
         None, "--rate-limit", help="Ceiling of requests/s per endpoint (0: none; AIMD below it)."
     ),
     chunk_size: int = typer.Option(None, "--chunk-size", help="First block range per request."),
-    timeout: float = typer.Option(None, "--timeout", help="Seconds per HTTP request."),
-    give_up: float = typer.Option(
+    timeout_s: float = typer.Option(None, "--timeout", help="Seconds per HTTP request."),
+    give_up_s: float = typer.Option(
         None, "--give-up", help="Stop after this many seconds without any answer."
     ),
     timestamps: str = typer.Option(
@@ -83,31 +85,17 @@ def collect(
     run_dir: Path = RunDirOpt,
 ) -> None:
     """eth_getLogs of the pool's Swap events into the SQLite store (resumable, exact)."""
+    from apeagent.files import check_output
     from chain.collect import CollectError, CollectSettings
     from chain.collect import collect as run_collect
-    from chain.rpc import RpcSettings
+    from chain.rpc import RpcSettings, check_rpc_urls
 
-    c, run = _settings(
-        config,
-        run_dir,
-        {
-            "rpc_urls": rpc_url or None,
-            "from_block": from_block,
-            "to_block": to_block,
-            "confirmations": confirmations,
-            "pool_id": pool_id,
-            "concurrency": concurrency,
-            "rate_limit": rate_limit,
-            "chunk_size": chunk_size,
-            "timeout_s": timeout,
-            "give_up_s": give_up,
-            "timestamps": timestamps,
-        },
-    )
+    c, run = _settings(ctx, config, run_dir)
     if not c["rpc_urls"]:
         raise UserError("no RPC endpoint: pass --rpc-url URL (or set chain.rpc_urls in the config)")
-    if c["concurrency"] < 1:
-        raise UserError("--concurrency must be >= 1")
+    check_rpc_urls(c["rpc_urls"])
+    db = db or run.swaps_db
+    check_output(db, what="--db")  # a folder, or under a file: before any connection
     s = CollectSettings(
         rpc=RpcSettings(
             rpc_urls=list(c["rpc_urls"]),
@@ -117,7 +105,7 @@ def collect(
             give_up_s=c["give_up_s"],
         ),
         from_block=int(c["from_block"]),
-        to_block=_block(c["to_block"] if c["to_block"] is not None else "latest", "--to-block"),
+        to_block=c["to_block"] if c["to_block"] is not None else "latest",
         confirmations=c["confirmations"],
         pool_id=c["pool_id"],
         chunk_size=c["chunk_size"],
@@ -133,7 +121,6 @@ def collect(
         reorg_depth=c["reorg_depth"],
         progress=not quiet,
     )
-    db = db or run.swaps_db
     try:
         stats = run_collect(db, s, log=lambda m: console.print(m))
     except KeyboardInterrupt:
@@ -155,6 +142,7 @@ def collect(
 
 @app.command("import-csv")
 def import_csv(
+    ctx: typer.Context,
     csv_path: Path = typer.Argument(
         ..., help="Swaps CSV (format of ../shared/data/base_eth_usdc_v4_swaps.csv)."
     ),
@@ -170,7 +158,7 @@ def import_csv(
     """Upsert a swaps CSV into the store by event key (never deletes without --replace)."""
     from chain.ingest import import_csv as run_import
 
-    c, run = _settings(config, run_dir, {"pool_id": pool_id})
+    c, run = _settings(ctx, config, run_dir)
     r = run_import(csv_path, db or run.swaps_db, c["pool_id"], replace=replace, dry_run=dry_run)
     if r["no_final_newline"]:
         console.print(f"warning: {csv_path}: the last line has no newline (a truncated file?)", markup=False)
@@ -197,8 +185,26 @@ def import_csv(
     )
 
 
+@app.command("check-csv")
+def check_csv(
+    ctx: typer.Context,
+    csv_path: Path = typer.Argument(..., help="Swaps CSV to check."),
+    rows: int = typer.Option(1000, "--rows", min=1, help="Rows to check after the header."),
+    pool_id: str = typer.Option(None, "--pool-id"),
+    config: str = ConfigOpt,
+    run_dir: Path = RunDirOpt,
+) -> None:
+    """Check a swaps CSV's header and first rows (what the pipeline does before its first stage)."""
+    from chain.csvio import check_swaps_csv
+
+    c, _ = _settings(ctx, config, run_dir)
+    n = check_swaps_csv(csv_path, pool=c["pool_id"], rows=rows)
+    console.print(f"{csv_path}: header and {n} rows ok", markup=False)
+
+
 @app.command()
 def export(
+    ctx: typer.Context,
     db: Path = typer.Option(None, "--db", help="SQLite event store [RUN/chain/swaps.db]."),
     csv_out: Path = typer.Option(None, "--csv", help="Write the swaps CSV (+ log_index) here."),
     processed: Path = typer.Option(
@@ -209,11 +215,16 @@ def export(
     run_dir: Path = RunDirOpt,
 ) -> None:
     """Export the store as CSV (same columns + log_index) and/or the processed parquet files."""
+    from apeagent.files import check_output
     from chain.csvio import write_swaps_csv
 
-    c, run = _settings(config, run_dir, {"bar_seconds": bar_seconds})
+    c, run = _settings(ctx, config, run_dir)
     if csv_out is None and processed is None:
         raise UserError("nothing to export: pass --csv FILE and/or --processed DIR")
+    if csv_out is not None:
+        check_output(csv_out, what="--csv")
+    if processed is not None:
+        check_output(processed, folder=True, what="--processed")
     rows = _store_rows(db or run.swaps_db)
     if csv_out is not None:
         n = write_swaps_csv(csv_out, rows)
@@ -256,6 +267,7 @@ def _process_rows(rows: list[dict], out_dir: Path, bar_seconds: int, source: str
 
 @app.command()
 def process(
+    ctx: typer.Context,
     db: Path = typer.Option(None, "--db", help="Read swaps from this SQLite store [RUN/chain/swaps.db]."),
     csv_path: Path = typer.Option(None, "--csv", help="Read swaps from this CSV instead."),
     out_dir: Path = typer.Option(
@@ -267,35 +279,37 @@ def process(
     run_dir: Path = RunDirOpt,
 ) -> None:
     """Swaps -> swaps.parquet (per swap) and bars.parquet (time bars), in chain order."""
+    from apeagent.files import check_output
     from chain.csvio import read_swaps_csv
 
-    c, run = _settings(config, run_dir, {"bar_seconds": bar_seconds, "pool_id": pool_id})
+    c, run = _settings(ctx, config, run_dir)
     if db is not None and csv_path is not None:
         raise UserError("pass one input: --db STORE or --csv FILE")
     db = db or run.swaps_db
+    out_dir = out_dir or run.features
+    check_output(out_dir, folder=True, what="--out-dir")
     rows = read_swaps_csv(csv_path, pool=c["pool_id"]) if csv_path else _store_rows(db)
-    _process_rows(rows, out_dir or run.features, c["bar_seconds"], source=str(csv_path or db))
+    _process_rows(rows, out_dir, c["bar_seconds"], source=str(csv_path or db))
 
 
 @app.command()
 def simulate(
+    ctx: typer.Context,
     out: Path = typer.Option(None, "--out", help="Swaps CSV to write [RUN/chain/simulated_swaps.csv]."),
-    n_swaps: int = typer.Option(None, "--n-swaps"),
-    seed: int = typer.Option(None, "--seed"),
-    start_timestamp: int = typer.Option(None, "--start-timestamp"),
+    sim_swaps: int = typer.Option(None, "--n-swaps"),
+    sim_seed: int = typer.Option(None, "--seed"),
+    sim_start_timestamp: int = typer.Option(None, "--start-timestamp"),
     config: str = ConfigOpt,
     run_dir: Path = RunDirOpt,
 ) -> None:
     """Write SIMULATED swaps (seeded; exact V4 swap math) in the swaps CSV schema."""
+    from apeagent.files import check_output
     from chain.csvio import write_swaps_csv
     from chain.simulate import simulate as run_simulate
 
-    c, run = _settings(
-        config, run_dir, {"sim_swaps": n_swaps, "sim_seed": seed, "sim_start_timestamp": start_timestamp}
-    )
-    if c["sim_swaps"] < 1:
-        raise UserError("--n-swaps must be >= 1")
+    c, run = _settings(ctx, config, run_dir)
     out = out or run.simulated_csv
+    check_output(out, what="--out")
     rows = run_simulate(
         c["sim_swaps"], seed=c["sim_seed"], start_timestamp=c["sim_start_timestamp"]
     )
@@ -308,7 +322,8 @@ def simulate(
 
 @app.command()
 def snapshot(
-    rpc_url: list[str] = typer.Option(None, "--rpc-url", help="Base JSON-RPC URL."),
+    ctx: typer.Context,
+    rpc_urls: list[str] = typer.Option(None, "--rpc-url", help="Base JSON-RPC URL."),
     minutes: int = typer.Option(None, "--minutes", help="Window of recent swaps [market.window_bars bars]."),
     pool_id: str = typer.Option(None, "--pool-id"),
     allow_chain_id: int = typer.Option(None, "--allow-chain-id"),
@@ -318,14 +333,18 @@ def snapshot(
 ) -> None:
     """Live pool state (StateView getSlot0 + getLiquidity) and last-N-minutes metrics as JSON."""
     from apeagent.config import window_minutes
-    from apeagent.files import write_json
+    from apeagent.files import check_output, write_json
+    from chain.rpc import check_rpc_urls
     from chain.snapshot import snapshot as run_snapshot
 
-    c, _ = _settings(
-        config, run_dir, {"rpc_urls": rpc_url or None, "pool_id": pool_id}
-    )
+    c, _ = _settings(ctx, config, run_dir)
     if not c["rpc_urls"]:
         raise UserError("no RPC endpoint: pass --rpc-url URL")
+    check_rpc_urls(c["rpc_urls"])
+    if minutes is not None and minutes < 1:
+        raise UserError(f"--minutes must be >= 1, got {minutes}")
+    if out:
+        check_output(out, what="--out")
     snap = run_snapshot(
         c["rpc_urls"],
         pool_id=c["pool_id"],

@@ -57,6 +57,7 @@ from chain.rpc import Client, Endpoint, RangeTooLarge, RpcSettings, TransportErr
 from chain.store import Store
 
 TIMESTAMP_MODES = ("auto", "headers", "derive")
+MAX_AHEAD = 43_200  # blocks (a day of Base's 2-s blocks): a --to-block further above the head is refused
 
 
 class CollectError(RuntimeError):
@@ -545,11 +546,19 @@ def collect(db: str | Path, s: CollectSettings, log: Callable[[str], None] = pri
         raise UserError(f"--timestamps must be one of {', '.join(TIMESTAMP_MODES)}, got {s.timestamps!r}")
     stats = CollectStats()
     s.pool_id = norm_hex32(s.pool_id)
+    if s.to_block != "latest" and int(s.to_block) < s.from_block:
+        raise UserError(f"--to-block {s.to_block} is below --from-block {s.from_block}")
     try:
         client = Client(s.rpc, log=log)
         chain_id, head = check_chain(client, s)
     except TransportError as e:
         raise UserError(f"cannot use RPC {', '.join(map(redact_url, s.rpc.rpc_urls))}: {e}") from None
+    if s.to_block != "latest" and not s.follow and int(s.to_block) > head + MAX_AHEAD:
+        raise UserError(  # the blocks will not exist for days: refuse, do not poll for them
+            f"--to-block {s.to_block} is beyond the chain: the head is {head}, more than {MAX_AHEAD} "
+            f"blocks (a day) below it (at most {head - s.confirmations} with {s.confirmations} "
+            "confirmations; or 'latest', or --follow to wait)"
+        )
     db = Path(db)
     existed = db.exists()
     store = Store(db)

@@ -17,7 +17,7 @@ from typing import Any
 
 from eth_utils import is_address, to_checksum_address
 
-from apeagent.errors import UserError
+from apeagent.errors import UserError, reading
 from apeagent.files import atomic_path
 from chain.pool import ETH_USDC_POOL_ID, SIMULATED, norm_hex32
 
@@ -51,11 +51,16 @@ _INT_LIMITS = {
 }
 
 
+MAX_DIGITS = 80  # more than any column's range needs (2**160 has 49 digits)
+
+
 def _parse_int(text: str, col: str, where: str) -> int:
     t = text.strip()
     body = t[1:] if t[:1] == "-" else t
     if not body.isdigit() or not body.isascii():
-        raise UserError(f"{where}: column {col} is not an integer: {text!r}")
+        raise UserError(f"{where}: column {col} is not an integer: {_short(text)!r}")
+    if len(body) > MAX_DIGITS:
+        raise UserError(f"{where}: column {col} has {len(body)} digits, out of range for its type")
     value = int(t)
     lo, hi = _INT_LIMITS[col]
     if not lo <= value <= hi:
@@ -70,7 +75,7 @@ def _parse_address(text: str, col: str, where: str, allow_empty: bool) -> str | 
     if t == SIMULATED:
         return SIMULATED
     if not is_address(t):
-        raise UserError(f"{where}: column {col} is not an address: {text!r}")
+        raise UserError(f"{where}: column {col} is not an address: {_short(text)!r}")
     return to_checksum_address(t)
 
 
@@ -82,7 +87,7 @@ def _parse_bool(text: str, where: str) -> bool | None:
         return True
     if t in ("false", "0"):
         return False
-    raise UserError(f"{where}: column is_contract_sender is not True/False: {text!r}")
+    raise UserError(f"{where}: column is_contract_sender is not True/False: {_short(text)!r}")
 
 
 def parse_row(raw: dict[str, str], where: str) -> dict[str, Any]:
@@ -103,7 +108,7 @@ def parse_row(raw: dict[str, str], where: str) -> dict[str, Any]:
         try:
             row[col] = norm_hex32(raw[col] or "")
         except ValueError:
-            raise UserError(f"{where}: column {col} is not 32 bytes of hex: {raw[col]!r}") from None
+            raise UserError(f"{where}: column {col} is not 32 bytes of hex: {_short(raw[col])!r}") from None
     row["sender"] = _parse_address(raw["router_address"] or "", "router_address", where, False)
     row["original_sender"] = _parse_address(
         raw["original_sender"] or "", "original_sender", where, True
@@ -131,49 +136,87 @@ def read_swaps_csv_report(
     duplicate rows, dropped), ``no_final_newline`` (the last line lacks its newline),
     ``has_log_index`` (the file gives log indexes)."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"swaps CSV {'is a directory' if path.is_dir() else 'not found'}: {path}")
-    want_pool = norm_hex32(pool) if pool else None
     rows: list[dict[str, Any]] = []
     seen: set[tuple] = set()
     duplicates: list[int] = []
-    # utf-8-sig: a spreadsheet's UTF-8 BOM is not part of the first column's name
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        try:
-            header = reader.fieldnames or []
-        except (UnicodeDecodeError, csv.Error) as e:
-            raise UserError(f"{path}:1: not a text CSV file ({e})") from None
-        missing = [c for c in CSV_COLUMNS if c not in header]
-        if missing:
-            raise UserError(f"{path}:1: missing column(s) {', '.join(missing)}")
-        try:
-            for raw in reader:
-                where = f"{path}:{reader.line_num}"
-                if None in raw or any(raw[c] is None for c in CSV_COLUMNS):
-                    raise UserError(f"{where}: wrong number of fields")
-                row = parse_row(raw, where)
-                if want_pool and row["pool_id"] != want_pool:
-                    raise UserError(
-                        f"{where}: unknown pool id {row['pool_id']} (expected {want_pool})"
-                    )
-                key = tuple(raw[c] for c in header)
-                if key in seen:
-                    duplicates.append(reader.line_num)
-                    continue
-                seen.add(key)
-                rows.append(row)
-        except (csv.Error, UnicodeDecodeError) as e:
-            raise UserError(f"{path}:{reader.line_num}: malformed CSV: {e}") from None
-    with path.open("rb") as f:
-        f.seek(max(0, path.stat().st_size - 1))
-        no_final_newline = path.stat().st_size > 0 and f.read(1) not in (b"\n", b"\r")
+    header: list[str] = []
+    for line, raw, row in iter_swaps_csv(path, pool):
+        header = header or list(raw)
+        key = tuple(raw.values())
+        if key in seen:
+            duplicates.append(line)
+            continue
+        seen.add(key)
+        rows.append(row)
+    with reading(path, "swaps CSV"), path.open("rb") as f:
+        size = path.stat().st_size
+        f.seek(max(0, size - 1))
+        no_final_newline = size > 0 and f.read(1) not in (b"\n", b"\r")
     report = {
         "duplicates": duplicates,
         "no_final_newline": no_final_newline,
         "has_log_index": "log_index" in header,
     }
     return order_rows(rows, path), report
+
+
+def check_swaps_csv(path: str | Path, pool: str | None = ETH_USDC_POOL_ID, rows: int = 1000) -> int:
+    """Check a swaps CSV's header and its first ``rows`` rows (what the pipeline does before
+    its first stage); returns how many rows were checked. Raises UserError naming the line."""
+    return sum(1 for _ in iter_swaps_csv(path, pool, limit=rows))
+
+
+# columns a file may add after the shared file's, in this order: our export's log index, the
+# sequence id of the GAN's synthetic swaps (gan_torch/swaps.py)
+OPTIONAL_COLUMNS = ("log_index", "sequence")
+
+
+def check_header(header: list[str], path: str | Path) -> None:
+    """The columns of the shared file, in its order, then any of :data:`OPTIONAL_COLUMNS`."""
+    head, tail = tuple(header[: len(CSV_COLUMNS)]), header[len(CSV_COLUMNS):]
+    if head == CSV_COLUMNS and tail == [c for c in OPTIONAL_COLUMNS if c in tail]:
+        return
+    expected = f"{', '.join(CSV_COLUMNS)}[, {', '.join(OPTIONAL_COLUMNS)}]"
+    missing = [c for c in CSV_COLUMNS if c not in header]
+    if missing:
+        raise UserError(f"{path}:1: missing column(s) {', '.join(missing)}")
+    extra = [c for c in header if c not in (*CSV_COLUMNS, *OPTIONAL_COLUMNS)]
+    if extra:
+        raise UserError(f"{path}:1: unknown column(s) {', '.join(_short(c) for c in extra[:5])} (the columns are: {expected})")
+    raise UserError(f"{path}:1: columns out of order or repeated (expected: {expected})")
+
+
+def iter_swaps_csv(path: str | Path, pool: str | None = ETH_USDC_POOL_ID, limit: int | None = None):
+    """``(line number, raw fields, parsed row)`` of each row (at most ``limit``), checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"swaps CSV {'is a directory' if path.is_dir() else 'not found'}: {path}")
+    want_pool = norm_hex32(pool) if pool else None
+    # utf-8-sig: a spreadsheet's UTF-8 BOM is not part of the first column's name
+    with reading(path, "swaps CSV"), path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        try:
+            header = reader.fieldnames or []
+        except (UnicodeDecodeError, csv.Error) as e:
+            raise UserError(f"{path}:1: not a text CSV file ({e})") from None
+        check_header(list(header), path)
+        try:
+            for n, raw in enumerate(reader):
+                if limit is not None and n >= limit:
+                    return
+                where = f"{path}:{reader.line_num}"
+                if None in raw or any(raw[c] is None for c in header):
+                    raise UserError(f"{where}: wrong number of fields")
+                row = parse_row(raw, where)
+                if want_pool and row["pool_id"] != want_pool:
+                    raise UserError(f"{where}: unknown pool id {row['pool_id']} (expected {want_pool})")
+                yield reader.line_num, raw, row
+        except (csv.Error, UnicodeDecodeError) as e:
+            raise UserError(f"{path}:{reader.line_num}: malformed CSV: {e}") from None
+
+
+def _short(text: str, n: int = 40) -> str:
+    return text if len(text) <= n else f"{text[:n]}… ({len(text)} characters)"
 
 
 def order_rows(rows: list[dict[str, Any]], source: str | Path = "<rows>") -> list[dict[str, Any]]:

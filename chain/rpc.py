@@ -30,11 +30,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from web3 import HTTPProvider
 
-from apeagent.redact import redact_url
+from apeagent.errors import UserError
+from apeagent.redact import redact, redact_url
 
 RANGE_ERROR_WORDS = (
     "range too large",
@@ -47,6 +49,19 @@ RANGE_ERROR_WORDS = (
     "limit",
     "too large",
 )
+
+
+def check_rpc_urls(urls: list[str], flag: str = "--rpc-url") -> None:
+    """Every endpoint an http(s) URL with a host (a URL without a scheme would reach requests'
+    "No connection adapters" only at the first request); the message shows it redacted."""
+    for url in urls:
+        try:
+            u = urlsplit(str(url).strip())
+            ok = u.scheme in ("http", "https") and bool(u.hostname) and (u.port is None or u.port > 0)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise UserError(f"{flag} {redact(str(url))}: not an http(s) URL (http[s]://host[:port]/...)")
 
 
 class TransportError(RuntimeError):

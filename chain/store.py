@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from apeagent.errors import UserError
+from apeagent.errors import UserError, os_error_text
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS swaps (
@@ -125,7 +125,17 @@ class Store:
             )  # WAL + NORMAL: durable at checkpoints, never corrupt
             self.db.executescript(SCHEMA)
         except sqlite3.DatabaseError as e:
+            self._close_failed()
             raise UserError(f"{self.path}: not a usable event store (damaged, truncated or not SQLite: {e})") from None
+        except OSError as e:  # a file on the way to it, no permission
+            self._close_failed()
+            raise UserError(f"{self.path}: {os_error_text(e)}") from None
+
+    def _close_failed(self) -> None:
+        """Close the connection a failed open made: it must not leave -wal/-shm files behind."""
+        db = getattr(self, "db", None)
+        if db is not None:
+            db.close()
 
     def close(self) -> None:
         self.db.close()

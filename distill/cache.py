@@ -40,7 +40,8 @@ def read_records(path: str | Path, strict: bool = False) -> list[dict]:
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             if i == len(lines) and not strict:
                 break  # the torn tail of a killed run
-            raise UserError(f"{path}:{i}: not a JSON line") from None
+            torn = " (a torn last line: was the teacher run killed? run `ape-distill teach` again)" if i == len(lines) else ""
+            raise UserError(f"{path}:{i}: not a JSON line{torn}") from None
         if not isinstance(rec, dict) or "key" not in rec:
             raise UserError(f"{path}:{i}: not an answer record (no 'key')")
         for field, types in RECORD_TYPES.items():
@@ -64,8 +65,9 @@ class AnswerStore:
         self.by_key: dict[str, list[dict]] = {}
         self._fh = None
         if self.path.exists():
+            records = read_records(self.path)  # a bad file fails here, before it is changed
             self._repair()
-            for rec in read_records(self.path):
+            for rec in records:
                 attempts = self.by_key.setdefault(rec["key"], [])
                 if all(a.get("attempt") != rec.get("attempt") for a in attempts):
                     attempts.append(rec)

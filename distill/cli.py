@@ -9,8 +9,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from apeagent.cli import ConfigOpt, RunDirOpt, run_cli
+from apeagent.cli import ConfigOpt, RunDirOpt, given, run_cli
 from apeagent.errors import UserError
+from apeagent.files import check_output
 from apeagent.layout import RunLayout
 
 app = typer.Typer(
@@ -26,14 +27,16 @@ def _group() -> None:
     """Keep typer in multi-command mode."""
 
 
-def _cfg(config: str | None, run_dir: Path | None, overrides: dict) -> tuple[dict, RunLayout]:
+def _cfg(ctx: typer.Context, config: str | None, run_dir: Path | None) -> tuple[dict, RunLayout]:
+    """The distill section: defaults < config < the options given (each named for its key)."""
     from apeagent.config import stage_settings
 
-    return stage_settings(config, run_dir, "distill", overrides)
+    return stage_settings(config, run_dir, "distill", *given(ctx, "distill"))
 
 
 @app.command()
 def teach(
+    ctx: typer.Context,
     windows: list[Path] = typer.Option(
         None, "--windows", "-w",
         help="windows.parquet or bars.parquet (repeatable) [RUN/synthetic/windows.parquet + RUN/features/real_windows.parquet]",
@@ -45,7 +48,7 @@ def teach(
     teacher: str = typer.Option(None, help="rules | mlx | openai"),
     style: str = typer.Option(None, help="cod (Chain of Draft) | cot (chain of thought)"),
     model: str = typer.Option(None, help="mlx: HF repo or model dir; openai: model name"),
-    base_url: list[str] = typer.Option(None, "--base-url", help="OpenAI-compatible base URL (repeatable)"),
+    base_urls: list[str] = typer.Option(None, "--base-url", help="OpenAI-compatible base URL (repeatable)"),
     api_key_env: str = typer.Option(None, help="environment variable holding the API key"),
     allow_insecure_http: bool = typer.Option(
         None, "--allow-insecure-http", help="openai: send the API key over http:// to a non-loopback host"
@@ -58,22 +61,15 @@ def teach(
     retries: int = typer.Option(None, help="re-asks of a rejected answer"),
     seed: int = typer.Option(None, help="portfolio and sampling seed"),
     max_windows: int = typer.Option(None, help="use at most this many windows (0: all)"),
-    portfolios: int = typer.Option(None, "--portfolios", help="random portfolios per window"),
+    portfolios_per_window: int = typer.Option(None, "--portfolios", help="random portfolios per window"),
     tokenizer: str = typer.Option(None, help="model dir whose tokenizer counts output tokens"),
     show_rejected: int = typer.Option(0, "--show-rejected", min=0, help="print the last N rejected answers and why"),
 ) -> None:
     """Ask the teacher about every (window, random portfolio); answers are cached and resumable."""
-    cfg, run = _cfg(
-        config,
-        run_dir,
-        {
-            "teacher": teacher, "style": style, "model": model, "base_urls": base_url or None,
-            "api_key_env": api_key_env, "allow_insecure_http": allow_insecure_http, "concurrency": concurrency, "batch_size": batch_size,
-            "temperature": temperature, "top_p": top_p, "max_tokens": max_tokens,
-            "retries": retries, "seed": seed, "max_windows": max_windows,
-            "portfolios_per_window": portfolios, "tokenizer": tokenizer,
-        },
-    )
+    cfg, run = _cfg(ctx, config, run_dir)
+    out_dir = out_dir or run.teacher
+    check_output(out_dir, folder=True, what="--out-dir")
+    check_output(Path(out_dir) / "answers.jsonl", what="--out-dir")
     if cfg["teacher"] == "mlx":
         from apeagent.blas import ensure_fast_blas
 
@@ -92,7 +88,7 @@ def teach(
         paths = [*(windows or []), *(more or [])] or [p for p in (run.synthetic_windows, run.real_windows) if p.exists()]
         if not paths:
             raise UserError(f"no windows: pass --windows FILE (none in {run.root})")
-        rep = run_teach(cfg, [str(w) for w in paths], out_dir or run.teacher, on_answer)
+        rep = run_teach(cfg, [str(w) for w in paths], out_dir, on_answer)
     _print_teach(rep)
     if show_rejected:
         from distill.teach import rejected
@@ -151,32 +147,27 @@ def _print_teach(rep: dict) -> None:
 
 @app.command()
 def dataset(
+    ctx: typer.Context,
     answers: list[Path] = typer.Option(None, "--answers", "-a", help="answers.jsonl (repeatable) [RUN/teacher/answers.jsonl]"),
     out_dir: Path = typer.Option(None, "--out-dir", "-o", help="train/valid/test.jsonl go here [RUN/dataset]"),
     more: list[Path] = typer.Argument(None, help="more answers files (after --answers)", show_default=False),
     config: str = ConfigOpt,
     run_dir: Path = RunDirOpt,
-    fmt: str = typer.Option(None, "--format", help="chat | completions"),
+    format: str = typer.Option(None, "--format", help="chat | completions"),
     rebalance: str = typer.Option(None, help="none | downsample | upsample (train only)"),
     valid_fraction: float = typer.Option(None),
     test_fraction: float = typer.Option(None),
-    system: bool = typer.Option(None, "--system/--no-system", help="chat: include the system prompt"),
-    tokenizer: Path = typer.Option(None, "--tokenizer", "--model", help="student model dir: check lengths"),
+    include_system: bool = typer.Option(None, "--system/--no-system", help="chat: include the system prompt"),
+    student: Path = typer.Option(None, "--tokenizer", "--model", help="student model dir: check lengths"),
     max_seq_length: int = typer.Option(None),
 ) -> None:
     """Build the student's mlx-lm dataset from accepted teacher answers."""
     from distill.dataset import build_dataset
 
-    cfg, run = _cfg(
-        config,
-        run_dir,
-        {
-            "format": fmt, "rebalance": rebalance, "valid_fraction": valid_fraction,
-            "test_fraction": test_fraction, "include_system": system, "max_seq_length": max_seq_length,
-        },
-    )
+    cfg, run = _cfg(ctx, config, run_dir)
     out_dir = out_dir or run.dataset
-    rep = build_dataset(cfg, [*(answers or []), *(more or [])] or [run.answers], out_dir, tokenizer)
+    check_output(out_dir, folder=True, what="--out-dir")
+    rep = build_dataset(cfg, [*(answers or []), *(more or [])] or [run.answers], out_dir, student)
     t = Table(title=f"dataset ({rep['format']}) -> {out_dir}")
     t.add_column("split")
     t.add_column("examples", justify="right")
@@ -194,8 +185,9 @@ def dataset(
 
 @app.command()
 def check(
+    ctx: typer.Context,
     dataset_dir: Path = typer.Option(None, "--dataset", "-d", help="dir with train/valid/test.jsonl [RUN/dataset]"),
-    tokenizer: Path = typer.Option(None, "--tokenizer", "--model", help="student model dir [RUN/student/base]"),
+    student: Path = typer.Option(None, "--tokenizer", "--model", help="student model dir [RUN/student/base]"),
     max_seq_length: int = typer.Option(None),
     config: str = ConfigOpt,
     run_dir: Path = RunDirOpt,
@@ -203,9 +195,9 @@ def check(
     """Check an existing dataset against a student's tokenizer and the canary rules."""
     from distill.dataset import check_dataset
 
-    cfg, run = _cfg(config, run_dir, {"max_seq_length": max_seq_length})
-    dataset_dir, tokenizer = dataset_dir or run.dataset, tokenizer or run.student_base
-    rep = check_dataset(dataset_dir, tokenizer, cfg["max_seq_length"])
+    cfg, run = _cfg(ctx, config, run_dir)
+    dataset_dir, student = dataset_dir or run.dataset, student or run.student_base
+    rep = check_dataset(dataset_dir, student, cfg["max_seq_length"])
     t = Table(title=f"check {dataset_dir} (max_seq_length {rep['max_seq_length']})")
     for col in ("split", "examples", "max tokens", "over limit", "bad answers"):
         t.add_column(col)
@@ -218,6 +210,7 @@ def check(
 
 @app.command()
 def show(
+    ctx: typer.Context,
     windows: Path = typer.Option(None, "--windows", "-w", help="windows.parquet or bars.parquet [RUN/features/bars.parquet]"),
     n: int = typer.Option(3, help="how many windows"),
     config: str = ConfigOpt,
@@ -229,7 +222,7 @@ def show(
     from distill.prompt import format_prompt, system_prompt
     from distill.windows import load_windows, states
 
-    cfg, run = _cfg(config, run_dir, {"style": style})
+    cfg, run = _cfg(ctx, config, run_dir)
     windows = windows or run.bars
     print(f"[system]\n{system_prompt(cfg['style'])}\n")
     for w, state in states(load_windows([windows], cfg["window_bars"], n), cfg):

@@ -40,7 +40,7 @@ def accepted_answers(paths: list[str | Path]) -> tuple[list[dict], dict]:
     stats = Counter()
     by_key: dict[str, dict] = {}
     for path in paths:
-        for rec in read_records(path):
+        for rec in read_records(path, strict=True):  # a torn last line: a teacher run that was killed
             stats["records"] += 1
             if not rec.get("ok"):
                 continue

@@ -32,7 +32,7 @@ from http.client import HTTPException
 from pathlib import Path
 
 from apeagent.errors import UserError
-from apeagent.redact import add_secret, redact_url
+from apeagent.redact import add_secret, add_url_secrets, redact_url, split_credentials
 from distill import rules
 from distill.prompt import MarketState
 
@@ -244,7 +244,13 @@ class OpenAITeacher:
         if not self.urls:
             raise UserError(f"{self.section}: no endpoint URL given")
         for u in self.urls:
-            if urllib.parse.urlparse(u).scheme not in ("http", "https"):
+            add_url_secrets(u)  # a key in the URL is masked wherever a message quotes it
+            try:
+                parts = urllib.parse.urlsplit(u)
+                parts.port  # noqa: B018 (a malformed port raises here, not in the first request)
+            except ValueError as e:
+                raise UserError(f"{self.section}: {self.what} endpoint {redact_url(u)!r}: not a URL ({e})") from None
+            if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise UserError(f"{self.what} endpoint {redact_url(u)!r} is not an http(s) URL")
         if not self.model:
             raise UserError(f"{self.what} endpoint: no model name given (--model NAME)")
@@ -266,14 +272,19 @@ class OpenAITeacher:
         for u in self.urls:
             self._probe(u)
 
-    def _headers(self) -> dict[str, str]:
-        h = {"Content-Type": "application/json"}
+    def _request_for(self, url: str, route: str, data: bytes | None = None) -> urllib.request.Request:
+        """A request to ``url`` + ``route``: urllib reads no ``user:pw@`` (it would take it for
+        the host), so the userinfo becomes a Basic header (the API key's Bearer one wins) and
+        the endpoint's query string (``?apikey=``) goes after the route."""
+        base, query, headers = split_credentials(url)
+        h = {"Content-Type": "application/json", **headers}
         if self._key:
             h["Authorization"] = f"Bearer {self._key}"
-        return h
+        full = f"{base}{route}" + (f"?{query}" if query else "")
+        return urllib.request.Request(full, data=data, headers=h)
 
     def _probe(self, url: str) -> None:
-        req = urllib.request.Request(f"{url}/models", headers=self._headers())
+        req = self._request_for(url, "/models")
         try:
             with urllib.request.urlopen(req, timeout=min(10.0, self.cfg["request_timeout"])):
                 pass
@@ -295,9 +306,7 @@ class OpenAITeacher:
             "max_tokens": cfg["max_tokens"],
             "seed": cfg["seed"] + r.attempt,
         }
-        req = urllib.request.Request(
-            f"{url}/chat/completions", data=json.dumps(body).encode(), headers=self._headers()
-        )
+        req = self._request_for(url, "/chat/completions", json.dumps(body).encode())
         t0 = time.perf_counter()
         try:
             with urllib.request.urlopen(req, timeout=cfg["request_timeout"]) as resp:

@@ -170,11 +170,18 @@ def lora(
     from apeagent.blas import ensure_fast_blas
 
     ensure_fast_blas()
-    from finetune_mlx.model_dir import resolve_model
+    from finetune_mlx.model_dir import check_safetensors, read_config, resolve_model
     from finetune_mlx.train import train
 
+    if resume_adapter_file is not None:
+        check_safetensors(resume_adapter_file, "--resume-adapter-file")
+    _check_canaries(data or run.dataset)
+    base = resolve_model(cfg["base_model"])
+    hidden = read_config(base).get("hidden_size")
+    if isinstance(hidden, int) and cfg["lora_rank"] > hidden:
+        raise UserError(f"--lora-rank {cfg['lora_rank']}: above the model's hidden size {hidden} (the bound of a low-rank adapter)")
     report = train(
-        resolve_model(cfg["base_model"]),
+        base,
         data or run.dataset,
         adapter_path or run.adapters,
         cfg,
@@ -187,6 +194,17 @@ def lora(
             f"train loss {report['final_train_loss']:.3f}  val loss {report['final_val_loss']:.3f}  "
             f"{report['tokens_per_second']} tok/s  {report['seconds']} s"
         )
+
+
+def _check_canaries(data: Path) -> None:
+    """A dataset whose answers hold no canary decision would train a student that never says
+    one: refused before training (a hand-made or foreign dataset)."""
+    from distill.dataset import answer_problem, load_splits, split_prompt
+
+    rows = load_splits(data, ("train",))["train"]
+    if rows and all(answer_problem(split_prompt(ex)[1]) for ex in rows):
+        raise UserError(f"--data {data}: no answer in train.jsonl holds a canary decision "
+                        "(#### APE IN | APE OUT | APE NEUTRAL); build it with `ape-distill dataset`")
 
 
 @app.command()
@@ -395,6 +413,9 @@ def generate(
     from finetune_mlx.evaluate import ask
 
     cfg, run = _settings(config, run_dir, {"base_model": model, "max_tokens": max_tokens})
+    _check_state(price=price, change_pct=change_pct, volume_eth=volume_eth, volatility_pct=volatility_pct,
+                 swap_count=swap_count, eth_balance=eth_balance, usdc_balance=usdc_balance,
+                 window_minutes=window_minutes)
     if model is None and adapter_path is None and run.fused.is_dir():
         cfg["base_model"] = str(run.fused)  # the run's fine-tuned student
     state = MarketState(
@@ -426,6 +447,20 @@ def generate(
         f"decision: [bold]{verdict}[/bold]   {out['tokens']} tokens, "
         f"{out['tokens_per_second']:.0f} tok/s, {out['latency_s']:.2f} s"
     )
+
+
+def _check_state(**values: float) -> None:
+    """The market state flags of `generate`: finite numbers, each in its range (a price and a
+    window are > 0, counts and balances >= 0, a change above -100 %)."""
+    import math
+
+    for name, v in values.items():
+        flag = "--" + name.replace("_", "-")
+        if not math.isfinite(v) or abs(v) > 1e15:
+            raise UserError(f"{flag} must be a finite number, got {v}")
+        low, strict = {"price": (0, True), "window_minutes": (0, True), "change_pct": (-100, True)}.get(name, (0, False))
+        if v < low or (strict and v == low):
+            raise UserError(f"{flag} must be {'>' if strict else '>='} {low}, got {v}")
 
 
 @app.command("export-hf")
@@ -463,6 +498,8 @@ def export_gguf_cmd(
     ensure_fast_blas()
     from finetune_mlx.export_gguf import INFO_FILE, dataset_system_prompt, export_gguf
 
+    if num_ctx is not None and not 1 <= num_ctx <= 10_000_000:
+        raise UserError(f"--num-ctx must be between 1 and 10000000, got {num_ctx}")
     if system is None and system_from is not None:
         system = dataset_system_prompt(system_from)
     path = export_gguf(model, out, outtype, quant=quant, name=name, system=system, num_ctx=num_ctx)
@@ -484,6 +521,8 @@ def recipe(
     """Print the commands that ask this run's fused student a trading question with stock tools."""
     from finetune_mlx.recipe import recipe_for_run
 
+    if not 1 <= port <= 65535:
+        raise UserError(f"--port must be between 1 and 65535, got {port}")
     text, warnings = recipe_for_run(run_dir, config, quant=quant, model_name=model_name, port=port)
     for w in warnings:
         print(f"note: {w}", file=sys.stderr)

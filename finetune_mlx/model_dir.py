@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from apeagent.errors import UserError
+from apeagent.errors import UserError, reading
 
 _ARCH_KEYS = (
     "model_type",
@@ -27,7 +27,9 @@ _ARCH_KEYS = (
 
 
 def check_model_dir(path: str | Path) -> Path:
-    """A local model dir with config.json and safetensors weights."""
+    """A local model dir that mlx-lm can load, checked before loading: config.json (a JSON
+    object) of an architecture mlx-lm supports, with the keys that architecture needs, and
+    safetensors weights whose sizes match their headers (:func:`check_safetensors`)."""
     if not str(path):
         raise UserError("no model given")
     path = Path(path)
@@ -35,8 +37,87 @@ def check_model_dir(path: str | Path) -> Path:
         raise UserError(f"model directory not found: {path}")
     if not (path / "config.json").is_file():
         raise UserError(f"{path}: not an MLX model dir (no config.json)")
-    if not list(path.glob("model*.safetensors")):
+    weights = sorted(path.glob("model*.safetensors"))
+    if not weights:
         raise UserError(f"{path}: not an MLX model dir (no model*.safetensors weights)")
+    check_architecture(read_config(path), path / "config.json")
+    for wf in weights:
+        check_safetensors(wf)
+    return path
+
+
+def read_config(model_dir: str | Path) -> dict:
+    """A model dir's config.json, a JSON object (a UserError names it otherwise)."""
+    cfg_path = Path(model_dir) / "config.json"
+    with reading(cfg_path, "model config"):
+        text = cfg_path.read_text(encoding="utf-8")
+    try:
+        config = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise UserError(f"{cfg_path}: not valid JSON ({type(e).__name__})") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{cfg_path}: not a JSON object")
+    return config
+
+
+def check_architecture(config: dict, where: Path) -> None:
+    """``model_type`` names an architecture mlx-lm has (its own remapping applied, as
+    ``mlx_lm.utils._get_classes`` does), and config.json holds what its ``ModelArgs`` needs."""
+    import importlib
+
+    from mlx_lm.utils import MODEL_REMAPPING
+
+    model_type = config.get("model_type")
+    if not isinstance(model_type, str) or not model_type.isidentifier():
+        raise UserError(f"{where}: model_type {model_type!r} is not an architecture name")
+    name = MODEL_REMAPPING.get(model_type, model_type)
+    try:
+        arch = importlib.import_module(f"mlx_lm.models.{name}")
+    except ImportError:
+        raise UserError(f"{where}: model_type {model_type!r}: an architecture mlx-lm does not support") from None
+    try:
+        arch.ModelArgs.from_dict(config)
+    except (TypeError, ValueError, KeyError) as e:
+        raise UserError(f"{where}: not a valid {model_type} config for mlx-lm ({e})") from None
+
+
+DTYPE_BYTES = {"F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2,
+               "I16": 2, "U16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+def check_safetensors(path: str | Path, what: str = "weights") -> Path:
+    """A safetensors file whose header is valid and whose tensors' sizes match the file (a
+    truncated download or copy fails here, naming the file, not inside MLX's loader)."""
+    path = Path(path)
+    with reading(path, what), open(path, "rb") as f:
+        size = path.stat().st_size
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 2 or 8 + n > size:
+            raise UserError(f"{what} {path}: not a safetensors file (no header; truncated?)")
+        try:
+            header = json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            raise UserError(f"{what} {path}: not a safetensors file (its header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise UserError(f"{what} {path}: not a safetensors file (its header is not an object)")
+    end = 0
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            lo, hi = (int(x) for x in t["data_offsets"])
+            count = 1
+            for d in t["shape"]:
+                count *= int(d)
+            width = DTYPE_BYTES.get(t["dtype"])
+        except (TypeError, KeyError, ValueError):
+            raise UserError(f"{what} {path}: tensor {name!r} has a malformed header entry") from None
+        if (width is not None and hi - lo != count * width) or not 0 <= lo <= hi:
+            raise UserError(f"{what} {path}: tensor {name!r}: its data size does not match its shape")
+        end = max(end, hi)
+    if 8 + n + end != size:
+        raise UserError(f"{what} {path}: {size} bytes, its header says {8 + n + end} (truncated or damaged)")
     return path
 
 
@@ -76,7 +157,7 @@ def fingerprint(model_dir: str | Path) -> str:
     a 6 GB checkpoint, and tells apart two models of the same architecture.
     """
     model_dir = Path(model_dir)
-    config = json.loads((model_dir / "config.json").read_text())
+    config = read_config(model_dir)
     h = hashlib.sha256(json.dumps({k: config.get(k) for k in _ARCH_KEYS}, sort_keys=True).encode())
     for wf in sorted(model_dir.glob("model*.safetensors")):
         with open(wf, "rb") as f:
@@ -89,7 +170,7 @@ def fingerprint(model_dir: str | Path) -> str:
 
 
 def arch_of(model_dir: str | Path) -> dict:
-    config = json.loads((Path(model_dir) / "config.json").read_text())
+    config = read_config(model_dir)
     return {k: config.get(k) for k in _ARCH_KEYS}
 
 
@@ -102,10 +183,14 @@ def check_adapter(adapter_dir: str | Path, model_dir: str | Path) -> Path:
     for f in (cfg_path, adapter_dir / "adapters.safetensors"):
         if not f.is_file():
             raise UserError(f"{f}: missing (not an mlx-lm adapter directory)")
+    check_safetensors(adapter_dir / "adapters.safetensors", "adapters")
     try:
-        cfg = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{cfg_path}: not valid JSON ({e.msg})") from None
+        with reading(cfg_path, "adapter config"):
+            cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise UserError(f"{cfg_path}: not valid JSON ({type(e).__name__})") from None
+    if not isinstance(cfg, dict):
+        raise UserError(f"{cfg_path}: not a JSON object")
     base_arch = arch_of(model_dir)
     if cfg.get("base_arch") and cfg["base_arch"] != base_arch:
         diff = {

@@ -27,10 +27,12 @@ import numpy as np
 from mlx.utils import tree_flatten
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from apeagent.files import atomic_dir
+from apeagent.errors import UserError
+from apeagent.files import atomic_dir, check_fits
 
 IM_START, IM_END, EOT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
 SPECIAL_TOKENS = [EOT, IM_START, IM_END]
+MIN_VOCAB = 256 + len(SPECIAL_TOKENS) + 1  # the byte alphabet, the special tokens, one merge
 
 # Qwen2's pre-tokenizer split: single digits, words with one leading non-letter (" APE").
 # transformers (5.x) rebuilds any model_type "qwen2" tokenizer with this split whatever
@@ -193,7 +195,7 @@ def pretrain(
 
     data = [_encode_example(tokenizer, t, mask_prompt) for t in texts]
     if not data:
-        raise ValueError("pre-training needs at least one text")
+        raise UserError("pre-training needs at least one text (an empty dataset?)")
     batch_size = min(batch_size, len(data))
     schedule = optim.join_schedules(
         [
@@ -224,6 +226,24 @@ def pretrain(
             on_step(it, losses[-1])
     model.eval()
     return losses
+
+
+def check_sizes(corpus: Sequence, hidden: int, layers: int, heads: int, kv_heads: int, inter: int,
+                vocab: int, tied: bool, batch_tokens: int) -> None:
+    """The sizes of :func:`build_tiny` make a model, and it fits in memory (float32 weights,
+    gradients and Adam's two moments, and a pre-training batch of ``batch_tokens``)."""
+    if hidden % heads or heads % kv_heads:
+        raise UserError(f"finetune.tiny_hidden_size ({hidden}) must divide by tiny_num_heads "
+                        f"({heads}), tiny_num_heads by tiny_num_kv_heads ({kv_heads})")
+    if vocab < MIN_VOCAB:
+        raise UserError(f"finetune.tiny_vocab_size must be >= {MIN_VOCAB} (the byte alphabet and the "
+                        f"special tokens), got {vocab}")
+    if not corpus:
+        raise UserError("the tokenizer corpus is empty (no training text)")
+    params = vocab * hidden * (1 if tied else 2) + layers * (4 * hidden * hidden + 3 * hidden * inter)
+    acts = batch_tokens * (hidden * layers * 16 + vocab) * 4
+    check_fits(16 * params + acts, f"a tiny model of {params:,} parameters",
+               "finetune.tiny_hidden_size, tiny_num_layers, tiny_vocab_size or tiny_pretrain_batch_size")
 
 
 def build_tiny(
@@ -259,11 +279,8 @@ def build_tiny(
     from mlx_lm.tokenizer_utils import load as load_tokenizer
 
     out_dir = Path(out_dir)
-    if hidden_size % num_heads or num_heads % num_kv_heads:
-        raise ValueError("hidden_size must divide by num_heads, num_heads by num_kv_heads")
-    if not corpus:
-        raise ValueError("the tokenizer corpus is empty")
     intermediate_size = intermediate_size or 4 * hidden_size
+    check_sizes(corpus, hidden_size, num_layers, num_heads, num_kv_heads, intermediate_size, vocab_size, tie_word_embeddings, pretrain_batch_size * max_position_embeddings)  # noqa: E501
     t0 = time.perf_counter()
     mx.random.seed(seed)
     np.random.seed(seed)
@@ -326,7 +343,7 @@ def build_tiny(
         }
         (tmp / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
     if any(math.isnan(x) for x in losses):
-        raise ValueError(f"{out_dir}: pre-training diverged (NaN loss)")
+        raise UserError(f"{out_dir}: pre-training diverged (NaN loss): lower finetune.tiny_pretrain_lr")
     return out_dir
 
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from apeagent.cli import ConfigOpt, RunDirOpt, run_cli
+from apeagent.cli import ConfigOpt, RunDirOpt, given, run_cli
 from apeagent.errors import UserError
+from apeagent.files import check_output
 from apeagent.layout import RunLayout
 
 app = typer.Typer(
@@ -21,6 +22,7 @@ app = typer.Typer(
 )
 console = Console(stderr=True, soft_wrap=True)
 SHARED_CSV = Path("../shared/data/base_eth_usdc_v4_swaps.csv")
+BENCH_DEVICES = ("cpu", "mps", "cuda")
 
 
 @app.callback()
@@ -28,10 +30,11 @@ def _group() -> None:
     """Keep typer in multi-command mode."""
 
 
-def _cfg(config: str | None, run_dir: Path | None, overrides: dict) -> tuple[dict, RunLayout]:
+def _cfg(ctx: typer.Context, config: str | None, run_dir: Path | None) -> tuple[dict, RunLayout]:
+    """The gan section: defaults < config < the options given (each named for its key)."""
     from apeagent.config import stage_settings
 
-    return stage_settings(config, run_dir, "gan", overrides)
+    return stage_settings(config, run_dir, "gan", *given(ctx, "gan"))
 
 
 def bars_from_swaps_csv(csv_path: Path, out_dir: Path) -> Path:
@@ -56,6 +59,7 @@ def bars_from_swaps_csv(csv_path: Path, out_dir: Path) -> Path:
 
 @app.command()
 def train(
+    ctx: typer.Context,
     bars: Path = typer.Option(None, "--bars", help="bars.parquet [RUN/features/bars.parquet]."),
     out_dir: Path = typer.Option(
         None, "--out-dir", help="Checkpoints + metrics.jsonl [RUN/gan]."
@@ -82,19 +86,17 @@ def train(
     """Train the WGAN-GP; atomic checkpoints (last.pt every N steps, best.pt by fidelity)."""
     import json
 
+    from apeagent.files import check_fits
     from gan_torch.data import read_bars
     from gan_torch.train import train as run_train
 
-    over = {
-        "steps": steps,
-        "batch_size": batch_size,
-        "device": device,
-        "seed": seed,
-        "threads": threads,
-        "minibatch_impl": minibatch_impl,
-    }
-    cfg, run = _cfg(config, run_dir, over)
+    cfg, run = _cfg(ctx, config, run_dir)
     out_dir = out_dir or run.gan
+    check_output(out_dir, folder=True, what="--out-dir")
+    # activations of the generator and the critic, kept for the gradient penalty's double backward
+    width = cfg["d_model"] * cfg["num_layers"] * (cfg["ff_mult"] + 8) + cfg["critic_hidden"] * 4
+    check_fits(cfg["batch_size"] * cfg["window_bars"] * width * 4 * 8,
+               f"a GAN batch of {cfg['batch_size']} windows", "--batch-size (gan.batch_size), gan.d_model or gan.num_layers")
     with tempfile.TemporaryDirectory() as tmp:
         if quick_test:
             if steps is None:
@@ -109,6 +111,7 @@ def train(
 
 @app.command()
 def generate(
+    ctx: typer.Context,
     checkpoint: Path = typer.Option(
         None,
         "--checkpoint",
@@ -117,7 +120,7 @@ def generate(
     out: Path = typer.Option(
         None, "--out", help="windows.parquet to write [RUN/synthetic/windows.parquet]."
     ),
-    n: int = typer.Option(None, "--n", help="Number of windows [gan.n_generate]."),
+    n_generate: int = typer.Option(None, "--n", help="Number of windows [gan.n_generate]."),
     condition: str = typer.Option(
         None,
         "--condition",
@@ -151,10 +154,14 @@ def generate(
     from gan_torch import generate as gen
     from gan_torch import swaps as swap_io
 
-    over = {"seed": seed, "device": device, "n_generate": n, "swap_decoder": swap_decoder}
-    cfg, run = _cfg(config, run_dir, over)
+    cfg, run = _cfg(ctx, config, run_dir)
     checkpoint = checkpoint or run.gan_checkpoint
     out = out or run.synthetic_windows
+    check_output(out, what="--out")  # every output before the first write
+    if swaps_out:
+        check_output(swaps_out, what="--swaps-out")
+        if Path(swaps_out).resolve() == Path(out).resolve():
+            raise UserError(f"--swaps-out {swaps_out}: the same file as --out")
     if swaps_out and cfg["swap_decoder"] not in swap_io.DECODERS:
         raise UserError(
             f"--swap-decoder must be one of {', '.join(swap_io.DECODERS)}, got {cfg['swap_decoder']!r}"
@@ -186,6 +193,7 @@ def generate(
 
 @app.command()
 def validate(
+    ctx: typer.Context,
     bars: Path = typer.Option(None, "--bars", help="Real bars.parquet [RUN/features/bars.parquet]."),
     checkpoint: Path = typer.Option(
         None, "--checkpoint", help="Generate from this checkpoint [RUN/gan/best.pt]."
@@ -214,18 +222,21 @@ def validate(
 ) -> None:
     """GAN vs held-out real data (time split), with GBM / block-bootstrap baselines and the real
     floor. Every source sees only the training period (the GAN: its training conditions)."""
-    from gan_torch.swaps import DECODERS
+    from gan_torch.swaps import DECODERS, read_swaps
     from gan_torch.validate import print_table, run_validation
 
-    cfg, run = _cfg(config, run_dir, {"seed": seed, "swap_decoder": swap_decoder})
+    cfg, run = _cfg(ctx, config, run_dir)
     if cfg["swap_decoder"] not in DECODERS:
         raise UserError(f"--swap-decoder must be one of {', '.join(DECODERS)}")
     bars = bars or run.bars
     if windows is None:
         checkpoint = checkpoint or run.gan_checkpoint
     out_dir = out_dir or run.validation
+    check_output(out_dir, folder=True, what="--out-dir")
     if swaps is None and run.swaps_parquet.is_file():
         swaps = run.swaps_parquet
+    if swaps is not None:
+        read_swaps(swaps)  # a bad file fails here, before the first plot is written
     result = run_validation(
         bars, out_dir, cfg, checkpoint=checkpoint, windows=windows, condition=condition, swaps=swaps
     )
@@ -235,15 +246,16 @@ def validate(
 
 @app.command("windows")
 def windows_cmd(
+    ctx: typer.Context,
     bars: Path = typer.Option(None, "--bars", help="bars.parquet to cut [RUN/features/bars.parquet]."),
     out: Path = typer.Option(
         None, "--out", help="windows.parquet to write (source=real) [RUN/features/real_windows.parquet]."
     ),
-    window: int = typer.Option(None, "--window", help="Bars per window [market.window_bars]."),
-    stride: int = typer.Option(
+    window_bars: int = typer.Option(None, "--window", help="Bars per window [market.window_bars]."),
+    real_window_stride: int = typer.Option(
         None, "--stride", help="Bars between starts [distill.real_window_stride; 0: no overlap]."
     ),
-    min_active_frac: float = typer.Option(
+    real_min_active_frac: float = typer.Option(
         None, "--min-active-frac", help="Skip windows with fewer non-empty bars [distill.real_min_active_frac]."
     ),
     holdout_frac: float = typer.Option(
@@ -258,19 +270,19 @@ def windows_cmd(
     from apeagent.config import config_for, load, section
     from gan_torch.data import cut_real_windows
 
-    cfg, run = _cfg(config, run_dir, {"window_bars": window, "holdout_frac": holdout_frac})
-    # the teacher's real-window cut (the same keys the pipeline passes)
-    cut = section(load(config_for(config, run_dir)), "distill")
-    if min_active_frac is None:
-        min_active_frac = cut["real_min_active_frac"]
+    cfg, run = _cfg(ctx, config, run_dir)
+    # the teacher's real-window cut (the same keys the pipeline passes); --stride 0: no overlap
+    cut = section(load(config_for(config, run_dir)), "distill", *given(ctx, "distill"))
     out, w = out or run.real_windows, cfg["window_bars"]
-    s = (cut["real_window_stride"] if stride is None else stride) or w
-    n = cut_real_windows(bars or run.bars, out, w, s, min_active_frac, cfg["holdout_frac"])
+    check_output(out, what="--out")
+    s = cut["real_window_stride"] or w
+    n = cut_real_windows(bars or run.bars, out, w, s, cut["real_min_active_frac"], cfg["holdout_frac"])
     console.print(f"{out}: {n} real windows of {w} bars")
 
 
 @app.command()
 def bench(
+    ctx: typer.Context,
     devices: str = typer.Option("cpu,mps,cuda", "--devices", help="Comma-separated devices."),
     steps: int = typer.Option(20, "--steps", help="Timed training steps per run."),
     bars: Path = typer.Option(
@@ -285,10 +297,17 @@ def bench(
     from gan_torch.bench import device_bench, print_bench
     from gan_torch.data import read_bars
 
-    cfg, _ = _cfg(config, run_dir, {})
+    cfg, _ = _cfg(ctx, config, run_dir)
+    names = [d.strip() for d in devices.split(",") if d.strip()]
+    unknown = [d for d in names if d not in BENCH_DEVICES]
+    if not names or unknown:
+        raise UserError(f"--devices {devices!r}: expected a comma-separated list of {', '.join(BENCH_DEVICES)}")
+    if not 1 <= steps <= 100_000:
+        raise UserError(f"--steps must be between 1 and 100000, got {steps}")
+    check_output(out, what="--out")
     with tempfile.TemporaryDirectory() as tmp:
         data = read_bars(bars or bars_from_swaps_csv(SHARED_CSV, Path(tmp)))
-        result = device_bench(data, cfg, [d for d in devices.split(",") if d], steps)
+        result = device_bench(data, cfg, names, steps)
     write_json(out, result)
     print_bench(result, Console())
     console.print(f"wrote {out}")

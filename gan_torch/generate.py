@@ -53,9 +53,12 @@ def parse_condition(text: str | None, cond_bank: np.ndarray) -> np.ndarray | Non
                 f"or key=value with keys {', '.join(COND_ALIASES)}"
             )
         try:
-            values[COND_ALIASES[key.strip()]] = float(raw)
+            value = float(raw)
         except ValueError:
             raise UserError(f"--condition {text!r}: {raw!r} is not a number") from None
+        if not np.isfinite(value) or abs(value) > 1e6:
+            raise UserError(f"--condition {text!r}: {key.strip()} must be a finite number (|x| <= 1e6), got {raw!r}")
+        values[COND_ALIASES[key.strip()]] = value
     return values
 
 

@@ -148,6 +148,7 @@ class FakeOpenAI:
         self.delay = delay
         self.requests: list[dict] = []
         self.auth_seen: list[str | None] = []
+        self.paths: list[str] = []  # each request's path and query
         lock = threading.Lock()
         server = self
 
@@ -169,6 +170,7 @@ class FakeOpenAI:
                 auth = self.headers.get("Authorization")
                 with lock:
                     server.auth_seen.append(auth)
+                    server.paths.append(self.path)
                 if server.key is not None and auth != f"Bearer {server.key}":
                     self._send(401, {"error": "bad key"})
                     return False

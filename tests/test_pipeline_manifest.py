@@ -78,8 +78,15 @@ def test_failed_stage_stops_the_run_and_the_next_run_resumes_there(tmp_path):
     bad.write_text("\n".join(lines[:150] + ["not,a,swap"] + lines[150:]) + "\n")
     run = tmp_path / "run"
     r = _pipeline("--swaps", str(bad), "--run-dir", str(run), "--until", "process")
+    # a bad row among the first ones: refused before the first stage, nothing written
+    assert r.returncode == 2 and "swaps.csv:151" in r.stderr and not run.exists(), r.stderr
+    # a file whose rows parse but whose timestamps cannot be: the ingest stage fails
+    row = lines[150].split(",")
+    row[-1] = "1000"
+    bad.write_text("\n".join([*lines[:150], ",".join(row), *lines[151:]]) + "\n")
+    r = _pipeline("--swaps", str(bad), "--run-dir", str(run), "--until", "process")
     assert r.returncode == 1
-    assert "swaps.csv:151" in r.stderr and "stage ingest failed" in r.stderr
+    assert "implausible timestamps" in r.stderr and "stage ingest failed" in r.stderr
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["status"] == "failed at ingest" and manifest["stages"]["ingest"]["status"] == "failed"
 

@@ -25,7 +25,7 @@ USER, PASSWORD, QUERY_KEY = "alice", "hunter2pass", "QSECRET987xyz"
         ("https://base-mainnet.g.alchemy.com/v2/abcDEF1234567890xyz", f"https://base-mainnet.g.alchemy.com/v2/{MASK}"),
         ("https://base-mainnet.infura.io/v3/0123456789abcdef0123456789abcdef",
          f"https://base-mainnet.infura.io/v3/{MASK}"),
-        ("https://u:pw@host.example:8545/rpc?key=s3cret#frag", f"https://host.example:8545/rpc?{MASK}#{MASK}"),
+        ("https://u:pw@host.example:8545/rpc?key=s3cret#frag", f"https://host.example:8545/rpc?key={MASK}#{MASK}"),
         ("https://mainnet.base.org", "https://mainnet.base.org"),
         ("http://127.0.0.1:8080/v1", "http://127.0.0.1:8080/v1"),
         ("http://[::1]:8545/", "http://[::1]:8545/"),
@@ -80,7 +80,7 @@ def test_pipeline_ingest_writes_and_prints_no_secret(tmp_path):
     manifest = json.loads((run / "manifest.json").read_text())
     ingest = manifest["stages"]["ingest"]
     assert ingest["status"] == "done" and "--rpc-url" not in ingest["command"]  # via the environment
-    assert manifest["source"]["urls"] == [f"http://{host}/v2/{MASK}/?{MASK}"]
+    assert manifest["source"]["urls"] == [f"http://{host}/v2/{MASK}/?apikey={MASK}"]
     from chain.store import Store
 
     with Store(run / "chain" / "swaps.db", readonly=True) as store:
