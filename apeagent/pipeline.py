@@ -120,7 +120,16 @@ def plan(cfg: dict[str, Any], run_dir: Path, config_file: Path, source: dict[str
               {"distill": sec["distill"]}, "canary-word training data"),
     ]
     model = merged["finetune"]["base_model"]
-    if not model or Path(model) == base:
+    gguf, q_bits = merged["finetune"]["base_gguf"], merged["finetune"]["base_q_bits"]
+    if gguf:
+        # a pretrained GGUF student (the small preset's SmolLM2), imported once into the run
+        args = [gguf, str(base)] + (["--q-bits", str(q_bits)] if q_bits else [])
+        stages.append(Stage("student-base", "finetune_mlx", "import-gguf", args,
+                            [] if gguf == "smollm2" else [Path(gguf)], [base],
+                            {"gguf": gguf, "q_bits": q_bits}, f"pretrained student imported from {gguf}"))
+        model_inputs = [base]
+        model = str(base)
+    elif not model or Path(model) == base:
         # the tiny preset builds its own offline student
         stages.append(Stage("student-base", "finetune_mlx", "build-tiny",
                             [*c, "--data", str(dataset), "--out", str(base)],

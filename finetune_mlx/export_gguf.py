@@ -36,6 +36,7 @@ from typing import Any
 
 from apeagent.errors import UserError
 from apeagent.files import atomic_path, write_json, write_text
+from distill.prompt import template_system
 from finetune_mlx.export_hf import float_weights, read_config
 
 # name -> (GGMLQuantizationType name, LlamaFileType name)
@@ -292,7 +293,8 @@ def export_gguf(
     ``QUANTS``) the type of matrices that cannot be quantised (gguf quants) or of the float
     file llama.cpp quantises (K-quants; ``threads`` for its quantizer, 0: all cores).
     ``name`` goes in ``general.name`` (default: the model dir's name); ``system`` becomes the
-    Modelfile's SYSTEM prompt; ``num_ctx`` its context (default: min(context_length, 4096)).
+    Modelfile's SYSTEM prompt (None: the one the chat template adds to messages without one,
+    :func:`distill.prompt.template_system`; "": none); ``num_ctx`` its context (default: min(context_length, 4096)).
     Every file is written atomically; a failure leaves the old ones (or none).
     """
     outtype = canonical_outtype(outtype)
@@ -308,6 +310,12 @@ def export_gguf(
         raise UserError(f"{out_path}: the GGUF output file must end in .gguf")
     n_vocab = config["vocab_size"]
     ctx = config.get("max_position_embeddings", 32768)
+    if system is None:
+        # Ollama renders its own template: without SYSTEM the model would read no system
+        # message, where the tokenizer's template (training, MLX, llama.cpp) adds its default
+        from mlx_lm.tokenizer_utils import load as load_tokenizer
+
+        system = template_system(load_tokenizer(model_dir))
     text = modelfile(out_path.name, system=system, num_ctx=num_ctx or min(ctx, 4096))
     tokens, types = gguf_vocab(model_dir, n_vocab)
     sv = special_vocab(model_dir, tokens)
