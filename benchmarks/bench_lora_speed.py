@@ -18,6 +18,10 @@ mlx-lm's mask), with Adam:
   ``LoraConfig(r, lora_alpha=scale*r, layers_to_transform=top blocks)``, ``torch.optim.Adam``,
   ``torch.set_num_threads(cores)``. Its logits and first loss are checked against MLX's.
 
+The optimizers are each framework's own ``Adam`` at the same learning rate: mlx's has no bias
+correction by default (its first steps are ~3x larger), so the losses part after the first step;
+the work per step is the same.
+
 Each variant runs in its own subprocess (peak RSS is per variant; the PyTorch one without the
 OpenBLAS preload, as a PyTorch user runs it) after ``--warmup`` steps, timed over ``--steps``
 (``mx.eval`` of loss, parameters and optimizer state each step).
@@ -46,6 +50,7 @@ sgemm peak (2048 x 2048 matmul) of the same framework, measured in the same proc
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -58,6 +63,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 VARIANTS = ("mlx_stock", "mlx_stock_eager", "mlx_frozen", "mlx_frozen_eager", "torch_peft")
 PAD_TO = 32  # mlx-lm's iterate_batches pads every batch to 1 + a multiple of this
+
+
+def fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
 
 
 def peak_rss_mib() -> float:
@@ -362,7 +372,7 @@ def run_variant(args, variant: str, data_path: Path, logits: Path) -> dict:
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:
-        sys.exit(f"error: variant {variant} failed:\n{proc.stderr[-3000:]}")
+        fail(f"variant {variant} failed:\n{proc.stderr[-3000:]}")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     out["wall_seconds"] = time.perf_counter() - t0
     return out
@@ -418,8 +428,8 @@ def prepare(args, tmp: Path) -> tuple[dict, int]:
         args.model = str(import_gguf(packaged_smollm2(), tmp / "smollm2"))
         print(f"imported SmolLM2 in {time.perf_counter() - t0:.0f} s")
     elif not (Path(args.model) / "config.json").is_file():
-        sys.exit(
-            f"error: --model {args.model}: no config.json there (make one with "
+        fail(
+            f"--model {args.model}: no config.json there (make one with "
             "ape-finetune import-gguf smollm2 DIR)"
         )
     args.model = str(Path(args.model).resolve())
@@ -498,9 +508,10 @@ def main() -> None:
     variants = [v for v in args.variants.split(",") if v]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants:
-        sys.exit(
-            f"error: --variants: unknown {', '.join(unknown) or '(none)'} "
-            f"(known: {', '.join(VARIANTS)})"
+        fail(f"--variants: unknown {', '.join(unknown) or '(none)'} (known: {', '.join(VARIANTS)})")
+    if "torch_peft" in variants and importlib.util.find_spec("peft") is None:
+        fail(
+            "torch_peft needs peft: pip install peft (in the dev extras), or leave it out of --variants"
         )
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     load_before = os.getloadavg()
