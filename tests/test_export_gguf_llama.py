@@ -115,3 +115,16 @@ def test_export_hf_llama_gives_mlx_logits_in_transformers(smol, tmp_path):
     with torch.no_grad():
         theirs = hf(torch.tensor([ids])).logits[0].numpy()
     assert np.abs(ours - theirs).max() < 1e-2
+
+
+def test_llama_with_an_unknown_pre_tokenizer_is_refused(tmp_path):
+    """A llama dir whose tokenizer llama.cpp's converter would not recognise (here the tiny
+    qwen2 student's own BPE relabelled llama): no guessed pre-tokenizer, no file."""
+    from apeagent.errors import UserError
+    from export_fixtures import build, with_model_type
+
+    llama = with_model_type(build(tmp_path / "tiny"), tmp_path / "llama", "llama")
+    out = tmp_path / "out" / "model.gguf"
+    with pytest.raises(UserError, match=r"tokenizer\.json: BPE pre-tokenizer not recognised"):
+        export_gguf(llama, out)
+    assert not out.parent.exists() or not any(out.parent.iterdir())
