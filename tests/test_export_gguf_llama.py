@@ -120,8 +120,9 @@ def test_export_hf_llama_gives_mlx_logits_in_transformers(smol, tmp_path):
 def test_llama_with_an_unknown_pre_tokenizer_is_refused(tmp_path):
     """A llama dir whose tokenizer llama.cpp's converter would not recognise (here the tiny
     qwen2 student's own BPE relabelled llama): no guessed pre-tokenizer, no file."""
-    from apeagent.errors import UserError
     from export_fixtures import build, with_model_type
+
+    from apeagent.errors import UserError
 
     llama = with_model_type(build(tmp_path / "tiny"), tmp_path / "llama", "llama")
     out = tmp_path / "out" / "model.gguf"
