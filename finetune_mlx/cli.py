@@ -460,7 +460,7 @@ def export_gguf_cmd(
     system_from: Path | None = typer.Option(None, help="take SYSTEM from this dataset dir / .jsonl"),
     num_ctx: int | None = typer.Option(None, help="Modelfile num_ctx (default min(context, 4096))"),
 ) -> None:
-    """MLX model -> qwen2 GGUF (llama.cpp, Ollama), optionally quantised, + an Ollama Modelfile."""
+    """MLX model (qwen2, llama) -> GGUF (llama.cpp, Ollama), optionally quantised, + an Ollama Modelfile."""
     from apeagent.blas import ensure_fast_blas
 
     ensure_fast_blas()
