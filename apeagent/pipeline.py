@@ -97,6 +97,7 @@ def plan(cfg: dict[str, Any], run_dir: Path, config_file: Path, source: dict[str
 
     features = L.features
     cut = {k: merged["distill"][k] for k in ("real_window_stride", "real_min_active_frac")}
+    with_synthetic = merged["distill"]["synthetic_windows"]
     stages += [
         Stage("process", "chain", "process", [*c, "--db", str(db), "--out-dir", str(features)],
               [db], [bars, L.swaps_parquet], {"chain": sec["chain"]}, "swaps -> market features"),
@@ -113,14 +114,26 @@ def plan(cfg: dict[str, Any], run_dir: Path, config_file: Path, source: dict[str
                "--stride", str(cut["real_window_stride"]), "--min-active-frac", str(cut["real_min_active_frac"])],
               [bars], [real_windows], {"gan": sec["gan"], "cut": cut}, "real market windows (backtest period left out)"),
         Stage("teacher", "distill", "teach",
-              [*c, "--windows", str(synthetic), "--windows", str(real_windows), "--out-dir", str(L.teacher)],
-              [synthetic, real_windows], [answers], {"distill": sec["distill"]}, "teacher answers"),
+              [*c, *(["--windows", str(synthetic)] if with_synthetic else []),
+               "--windows", str(real_windows), "--out-dir", str(L.teacher)],
+              [synthetic, real_windows] if with_synthetic else [real_windows], [answers],
+              {"distill": sec["distill"]},
+              "teacher answers" + ("" if with_synthetic else " (real windows only)")),
         Stage("dataset", "distill", "dataset", [*c, "--answers", str(answers), "--out-dir", str(dataset)],
               [answers], [L.split("train"), L.split("valid"), L.split("test")],
               {"distill": sec["distill"]}, "canary-word training data"),
     ]
     model = merged["finetune"]["base_model"]
-    if not model or Path(model) == base:
+    gguf, q_bits = merged["finetune"]["base_gguf"], merged["finetune"]["base_q_bits"]
+    if gguf:
+        # a pretrained GGUF student (the small preset's SmolLM2), imported once into the run
+        args = [gguf, str(base)] + (["--q-bits", str(q_bits)] if q_bits else [])
+        stages.append(Stage("student-base", "finetune_mlx", "import-gguf", args,
+                            [] if gguf == "smollm2" else [Path(gguf)], [base],
+                            {"gguf": gguf, "q_bits": q_bits}, f"pretrained student imported from {gguf}"))
+        model_inputs = [base]
+        model = str(base)
+    elif not model or Path(model) == base:
         # the tiny preset builds its own offline student
         stages.append(Stage("student-base", "finetune_mlx", "build-tiny",
                             [*c, "--data", str(dataset), "--out", str(base)],

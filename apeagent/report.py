@@ -112,7 +112,17 @@ def _plot_training(train: dict[str, Any], path: Path) -> bool:
     ax.set_xlabel("iteration")
     ax.set_ylabel("loss (canary-weighted)")
     ax.set_title("student LoRA training")
-    ax.legend()
+    acc = [x for x in val if "valid_decision" in x]
+    if acc:  # with the frozen-block cache: teacher-forced decision agreement on the valid set
+        ax2 = ax.twinx()
+        ax2.plot([x["iteration"] for x in acc], [100 * x["valid_decision"] for x in acc], "s-",
+                 color="tab:green", label="valid decision agreement (teacher-forced)")
+        ax2.plot([x["iteration"] for x in acc], [100 * x["valid_exact"] for x in acc], "^:",
+                 color="tab:olive", label="valid answers reproduced exactly")
+        ax2.set_ylabel("%")
+        ax2.set_ylim(0, 105)
+        ax2.legend(loc="center right", fontsize=7)
+    ax.legend(loc="upper right", fontsize=7)
     fig.tight_layout()
     with files.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)

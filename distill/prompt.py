@@ -147,3 +147,49 @@ def messages(state: MarketState, style: str = "cod", system: bool = True) -> lis
     trained without one: ``distill.include_system``) + user."""
     user = [{"role": "user", "content": format_prompt(state)}]
     return ([{"role": "system", "content": system_prompt(style)}] if system else []) + user
+
+
+_SYS, _USER = "\x1fsystem-probe\x1f", "\x1fuser-probe\x1f"
+
+
+def template_system(tokenizer) -> str | None:
+    """The system prompt a chat template puts in when the messages bring none, or None.
+
+    SmolLM2's template adds "You are a helpful AI assistant named SmolLM, trained by Hugging
+    Face", Qwen2.5's "You are Qwen, created by Alibaba Cloud. ..."; a student trained without a
+    system message (``distill.include_system: false``) was trained *with* that one. Every path
+    that renders through the tokenizer's template (training, eval, generate, the agent,
+    ``mlx_lm.generate``, llama.cpp with the exported template) gets it for free; a path with a
+    template of its own (Ollama's Modelfile) must state it, and takes it from here.
+    """
+    def render(msgs):
+        return tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+
+    user = [{"role": "user", "content": _USER}]
+    try:
+        with_sys = render([{"role": "system", "content": _SYS}, *user])
+    except Exception:  # noqa: BLE001 - a template without a system role
+        return None
+    bare = render(user)
+    head, _, tail = with_sys.partition(_SYS)
+    tail = tail[: tail.index(_USER)] if _USER in tail else tail
+    # bare = head + default + tail + user...: the template's own system message
+    if not head or not bare.startswith(head):
+        return None
+    rest = bare[len(head):]
+    cut = rest.find(tail) if tail else -1
+    if cut <= 0 or _USER not in rest[cut:]:
+        return None
+    return rest[:cut]
+
+
+def effective_system(tokenizer, messages: list[dict]) -> str | None:
+    """The system prompt the model reads for ``messages``: their own, else the template's."""
+    if messages and messages[0].get("role") == "system":
+        return messages[0]["content"]
+    return template_system(tokenizer)
+
+
+def chat_ids(tokenizer, messages: list[dict]) -> list[int]:
+    """The token ids of ``messages`` with the generation prompt: what the student reads."""
+    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False))

@@ -21,10 +21,12 @@ Each draft starts with the words of the prompt line it judges ("ETH share", "cha
 
 from __future__ import annotations
 
+from apeagent.errors import UserError
 from distill.parse import APE_IN, APE_NEUTRAL, APE_OUT, SEPARATOR, format_action, format_amount
 from distill.prompt import MarketState
 
-RULE_KEYS = ("band_low", "band_high", "trend_pct", "trade_fraction", "high_vol_pct")
+RULE_KEYS = ("band_low", "band_high", "trend_pct", "trade_fraction", "high_vol_pct", "drafts")
+DRAFTS = ("categorical", "restated")
 
 
 def _pct(x: float) -> str:
@@ -75,6 +77,11 @@ def cod_answer(state: MarketState, cfg: dict) -> str:
     """Chain of Draft: three categorical drafts of at most five words, then ``#### <action>``."""
     d = decide(state, cfg)
     lo, hi, trend = _pct(cfg["band_low"]), _pct(cfg["band_high"]), _pct(cfg["trend_pct"])
+    drafts = cfg.get("drafts", "categorical")
+    if drafts not in DRAFTS:
+        raise UserError(f"distill.drafts: unknown {drafts!r} (known: {', '.join(DRAFTS)})")
+    if drafts == "restated":
+        return _restated(d, lo, hi, trend)
     drafts = [
         {
             "low": f"ETH share below {lo}",
@@ -87,6 +94,27 @@ def cod_answer(state: MarketState, cfg: dict) -> str:
             "flat": "change flat",
         }[d["direction"]],
         "volatility high, half size" if d["high_vol"] else "volatility normal",
+    ]
+    return "\n".join(drafts) + f"\n{SEPARATOR} " + format_action(d["decision"], d["amount_eth"])
+
+
+def _restated(d: dict, lo: str, hi: str, trend: str) -> str:
+    """Drafts that restate each deciding number before judging it (``distill.drafts:
+    restated``): a pretrained student copies a number from the prompt easily, and the judgement
+    then reads the digits right before it instead of a line far back in the prompt."""
+    share, change, vol = f"{d['share']:.0f}%", f"{d['change']:+.2f}%", f"{d['vol']:.2f}%"
+    drafts = [
+        {
+            "low": f"ETH share {share} below {lo}",
+            "high": f"ETH share {share} above {hi}",
+            "in": f"ETH share {share} in band",
+        }[d["band"]],
+        {
+            "up": f"change {change} above {trend}",
+            "down": f"change {change} below -{trend}",
+            "flat": f"change {change} flat",
+        }[d["direction"]],
+        f"volatility {vol} high, half size" if d["high_vol"] else f"volatility {vol} normal",
     ]
     return "\n".join(drafts) + f"\n{SEPARATOR} " + format_action(d["decision"], d["amount_eth"])
 

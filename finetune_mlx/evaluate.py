@@ -110,15 +110,20 @@ def evaluate(
     progress=None,
     train_file: str | Path | None = None,
     endpoint: dict | None = None,
+    batch_size: int = 1,
+    base_limit: int = 0,
 ) -> dict[str, Any]:
     """``variants``: name -> (model dir, adapter dir or None). Returns the eval report.
 
     ``train_file`` (default: ``train.jsonl`` beside the test file) fits the trivial baselines.
+    ``batch_size`` > 1 generates that many answers together (mlx-lm batch generation);
+    ``base_limit`` > 0 scores the base on only the first that many prompts (an untuned base
+    writes to ``max_tokens`` every time: the slowest variant, and its score is only a floor).
     ``endpoint``: ``{"url", "model", "cfg"}`` (``cfg``: the finetune section's endpoint keys)
     adds the variant ``endpoint``, answered by that server.
     """
     from finetune_mlx.baselines import baselines
-    from finetune_mlx.model_dir import answer, check_adapter, check_model_dir, load
+    from finetune_mlx.model_dir import answers, check_adapter, check_model_dir, load
 
     test_file = Path(test_file)
     train_file = Path(train_file) if train_file else test_file.with_name("train.jsonl")
@@ -151,13 +156,11 @@ def evaluate(
     for name, (model_dir, adapter) in variants.items():
         model, tokenizer = load(model_dir, adapter)
         task = progress.add_task(f"eval {name}", total=len(rows)) if progress else None
-        outputs = []
-        for msgs in prompts:
-            outputs.append(answer(model, tokenizer, list(msgs), max_tokens))
-            if progress:
-                progress.advance(task)
+        n = len(rows) if name != "base" or not base_limit else min(base_limit, len(rows))
+        outputs = answers(model, tokenizer, [list(m) for m in prompts[:n]], max_tokens, batch_size,
+                          on_done=(lambda k, t=task: progress.advance(t, k)) if progress else None)
         del model
-        metrics = score(outputs, list(refs))
+        metrics = score(outputs, list(refs[:n]))
         metrics.update(model=str(model_dir), adapter=str(adapter) if adapter else None)
         report["variants"][name] = metrics
         report["samples"][name] = [o["text"] for o in outputs[:3]]

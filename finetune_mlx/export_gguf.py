@@ -1,17 +1,23 @@
 """MLX model dir -> GGUF (llama.cpp, Ollama, LM Studio) plus an Ollama ``Modelfile``.
 
-Does what llama.cpp's ``convert_hf_to_gguf.py`` does for a ``Qwen2ForCausalLM``, with the
-``gguf`` package that script is built on, reading the weights through mlx-lm so a quantized
-MLX model (which llama.cpp's converter cannot read) is dequantized first:
+Does what llama.cpp's ``convert_hf_to_gguf.py`` does for a ``Qwen2ForCausalLM`` or a
+``LlamaForCausalLM`` (SmolLM2 imported with ``import-gguf``), with the ``gguf`` package that
+script is built on, reading the weights through mlx-lm so a quantized MLX model (which
+llama.cpp's converter cannot read) is dequantized first:
 
-- tensors get llama.cpp's qwen2 names from ``gguf.get_tensor_name_map`` (``token_embd``,
-  ``blk.N.attn_q``, ``blk.N.ffn_gate``, ``output_norm``, ``output`` only when the embeddings
-  are not tied), stored unpermuted (qwen2 uses NEOX RoPE, unlike llama); matrices in the chosen
-  float type, 1-D tensors (norms, biases) in f32 as llama.cpp does;
-- ``qwen2.*`` hyper-parameters from ``config.json``;
-- the byte-level BPE vocabulary as ``tokenizer.ggml.model = "gpt2"`` with ``pre = "qwen2"``:
-  tokens (padded with ``[PADn]`` to the embedding rows), token types, merges, special ids, the
-  chat template.
+- tensors get llama.cpp's names for the architecture from ``gguf.get_tensor_name_map``
+  (``token_embd``, ``blk.N.attn_q``, ``blk.N.ffn_gate``, ``output_norm``, ``output`` only when
+  the embeddings are not tied); matrices in the chosen float type, 1-D tensors (norms, biases)
+  in f32 as llama.cpp does. qwen2 tensors are stored as they are (NEOX RoPE, the Hugging Face
+  layout); llama's q/k projections are permuted as ``LlamaModel.permute`` does (llama.cpp's
+  llama RoPE rotates adjacent pairs, Hugging Face's the two halves of each head);
+- ``qwen2.*`` / ``llama.*`` hyper-parameters from ``config.json`` (llama: also the vocab size
+  and the RoPE dimension count, the head size);
+- the byte-level BPE vocabulary as ``tokenizer.ggml.model = "gpt2"``, the pre-tokenizer named
+  the way ``convert_hf_to_gguf.py`` names it (the hash of the tokenizer's ids for its check
+  text: ``smollm`` for SmolLM2, ``qwen2`` for Qwen2.5; a qwen2 model with a tokenizer of its
+  own gets ``qwen2``): tokens (padded with ``[PADn]`` to the embedding rows), token types,
+  merges, special ids from the tokenizer config, the tokenizer's own chat template.
 
 Quantised files (``quant``): Q8_0, Q5_1, Q5_0, Q4_1 and Q4_0 are written by the ``gguf``
 package itself (``gguf.quants.quantize``: every matrix in that type, as ``convert_hf_to_gguf.py
@@ -36,6 +42,7 @@ from typing import Any
 
 from apeagent.errors import UserError
 from apeagent.files import atomic_path, write_json, write_text
+from distill.prompt import template_system
 from finetune_mlx.export_hf import float_weights, read_config
 
 # name -> (GGMLQuantizationType name, LlamaFileType name)
@@ -68,6 +75,27 @@ K_TYPES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K")
 INFO_FILE = "export_info.json"
 
 IM_START, IM_END, EOT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
+
+# config.json model_type -> gguf.MODEL_ARCH member name
+ARCHS = {"qwen2": "QWEN2", "llama": "LLAMA"}
+
+# convert_hf_to_gguf.py's get_vocab_base_pre: the BPE pre-tokenizer is recognised by the sha256
+# of str(tokenizer.encode(CHKTXT)); the hashes are llama.cpp's (convert_hf_to_gguf_update.py).
+CHKTXT = (
+    "\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫️ (multiple emojis "
+    "concatenated) ✅ 🦙🦙 3 33 333 3333 33333 333333 3333333 33333333 3.3 3..3 3...3 "
+    "កាន់តែពិសេសអាច😁 ?我想在apple工作1314151天～ ------======= нещо на Български "
+    "''''''```````\"\"\"\"......!!!!!!?????? I've been 'told he's there, 'RE you sure? "
+    "'M not sure I'll make it, 'D you like some tea? We'Ve a'lL"
+)
+PRE_TOKENIZERS = {
+    "855059429035d75a914d1eda9f10a876752e281a054a7a3d421ef0533e5b6249": "smollm",
+    "e636dc30a262dcc0d8c323492e32ae2b70728f4df7dfe9737d9f920a282b8aea": "qwen2",
+    "d4540891389ea895b53b399da6ac824becc30f2fba0e9ddbb98f92e55ca0e97c": "qwen2",
+    "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5": "llama-bpe",
+}
+# the pre-tokenizer when the hash is not one of those (a tokenizer trained here: finetune_mlx.tiny)
+DEFAULT_PRE = {"qwen2": "qwen2"}
 
 # Ollama's Go template for ChatML: the same text the tokenizer's chat template renders
 # (<|im_start|>role\ncontent<|im_end|>\n per message, then <|im_start|>assistant\n).
@@ -134,22 +162,43 @@ def gguf_vocab(model_dir: Path, n_vocab: int) -> tuple[list[str], list[int]]:
     return tokens, types
 
 
-def special_vocab(model_dir: Path, tokens: list[str]):
-    """``gguf.SpecialVocab`` (merges, bos/eos/pad ids, chat template) with Qwen's conventions."""
+def tokenizer_pre(model_dir: Path, model_type: str) -> str:
+    """``tokenizer.ggml.pre``: llama.cpp's name for the tokenizer's pre-tokenizer."""
+    from hashlib import sha256
+
+    from tokenizers import Tokenizer
+
+    path = model_dir / "tokenizer.json"
+    try:
+        ids = Tokenizer.from_file(str(path)).encode(CHKTXT).ids
+    except Exception as e:  # noqa: BLE001 - tokenizers raises its own Exception type
+        raise UserError(f"{path}: the tokenizer cannot be loaded ({e})") from None
+    digest = sha256(str(ids).encode()).hexdigest()
+    pre = PRE_TOKENIZERS.get(digest) or DEFAULT_PRE.get(model_type)
+    if pre is None:
+        raise UserError(f"{path}: BPE pre-tokenizer not recognised (hash {digest[:16]}...): "
+                        f"known for {model_type}: {', '.join(sorted(set(PRE_TOKENIZERS.values())))}")
+    return pre
+
+
+def special_vocab(model_dir: Path, tokens: list[str], model_type: str = "qwen2"):
+    """``gguf.SpecialVocab`` (merges, bos/eos/pad/unk ids and add_bos from the tokenizer config,
+    the chat template), with Qwen's conventions where a qwen2 tokenizer names no such token."""
     import gguf
 
     sv = gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=len(tokens))
     if not sv.merges:
         raise UserError(f"{model_dir / 'tokenizer.json'}: no BPE merges")
     ids = {t: i for i, t in enumerate(tokens)}
-    # Qwen2 has no BOS; its GGUFs name <|endoftext|> and never add it.
-    if "bos" not in sv.special_token_ids and EOT in ids:
-        sv.special_token_ids["bos"] = ids[EOT]
     sv.add_special_token.setdefault("bos", False)
-    if "eos" not in sv.special_token_ids and IM_END in ids:
-        sv.special_token_ids["eos"] = ids[IM_END]
-    if "pad" not in sv.special_token_ids and EOT in ids:
-        sv.special_token_ids["pad"] = ids[EOT]
+    if model_type == "qwen2":
+        # Qwen2 has no BOS; its GGUFs name <|endoftext|> and never add it.
+        if "bos" not in sv.special_token_ids and EOT in ids:
+            sv.special_token_ids["bos"] = ids[EOT]
+        if "eos" not in sv.special_token_ids and IM_END in ids:
+            sv.special_token_ids["eos"] = ids[IM_END]
+        if "pad" not in sv.special_token_ids and EOT in ids:
+            sv.special_token_ids["pad"] = ids[EOT]
     if sv.chat_template is None:
         from finetune_mlx.tiny import CHAT_TEMPLATE
 
@@ -161,6 +210,10 @@ def _add_hparams(writer, config: dict[str, Any], name: str, ftype: int) -> None:
     import gguf
 
     writer.add_name(name)
+    if config["model_type"] == "llama":  # LlamaModel.set_gguf_parameters
+        writer.add_vocab_size(config["vocab_size"])
+        writer.add_rope_dimension_count(
+            config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"])
     writer.add_context_length(config.get("max_position_embeddings", 32768))
     writer.add_embedding_length(config["hidden_size"])
     writer.add_block_count(config["num_hidden_layers"])
@@ -185,17 +238,40 @@ def _add_hparams(writer, config: dict[str, Any], name: str, ftype: int) -> None:
             raise UserError(f"config.json: rope_scaling type {kind!r} has no GGUF equivalent here")
 
 
-def _tensor_plan(weights: dict[str, Any], n_layers: int, outtype: str, qtype: str | None):
+def permute(w, n_head: int, n_head_kv: int | None):
+    """convert_hf_to_gguf.py's ``LlamaModel.permute`` (on an ``mx.array``): within each head,
+    the Hugging Face rotate-half order of q/k rows becomes the adjacent pairs of llama.cpp's RoPE."""
+    if n_head_kv is not None and n_head != n_head_kv:
+        n_head = n_head_kv
+    return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+            .swapaxes(1, 2)
+            .reshape(w.shape))
+
+
+def _llama_layout(hf_name: str, w, config: dict[str, Any]):
+    """``w`` as llama.cpp's llama architecture reads it: q/k projections permuted."""
+    n_head = config["num_attention_heads"]
+    if hf_name.endswith(("q_proj.weight", "q_proj.bias")):
+        return permute(w, n_head, n_head)
+    if hf_name.endswith(("k_proj.weight", "k_proj.bias")):
+        return permute(w, n_head, config.get("num_key_value_heads", n_head))
+    return w
+
+
+def _tensor_plan(weights: dict[str, Any], config: dict[str, Any], outtype: str, qtype: str | None):
     """(gguf name, mx.array, GGML type name) per tensor, in llama.cpp's order, and the
     matrices whose rows do not fit ``qtype``'s blocks (kept in ``outtype`` instead)."""
     import gguf
 
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN2, n_layers)
+    arch = config["model_type"]
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[ARCHS[arch]], config["num_hidden_layers"])
     plan, fallbacks = [], []
     for hf_name, w in weights.items():
         new = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if new is None:
-            raise UserError(f"tensor {hf_name!r} has no llama.cpp qwen2 name")
+            raise UserError(f"tensor {hf_name!r} has no llama.cpp {arch} name")
+        if arch == "llama":
+            w = _llama_layout(hf_name, w, config)
         typ = "F32" if w.ndim <= 1 else OUTTYPES[outtype][0]
         if qtype is not None and w.ndim > 1:
             block = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[qtype]][0]
@@ -284,7 +360,7 @@ def export_gguf(
     num_ctx: int | None = None,
     threads: int = 0,
 ) -> Path:
-    """Write the MLX qwen2 model at ``model_dir`` as GGUF ``out_path``; returns its path.
+    """Write the MLX qwen2 or llama model at ``model_dir`` as GGUF ``out_path``; returns its path.
 
     ``out_path`` is a ``.gguf`` file (or an existing directory: ``model.gguf`` inside it);
     ``Modelfile`` and ``export_info.json`` are written beside it. ``outtype``: ``f16``
@@ -292,7 +368,8 @@ def export_gguf(
     ``QUANTS``) the type of matrices that cannot be quantised (gguf quants) or of the float
     file llama.cpp quantises (K-quants; ``threads`` for its quantizer, 0: all cores).
     ``name`` goes in ``general.name`` (default: the model dir's name); ``system`` becomes the
-    Modelfile's SYSTEM prompt; ``num_ctx`` its context (default: min(context_length, 4096)).
+    Modelfile's SYSTEM prompt (None: the one the chat template adds to messages without one,
+    :func:`distill.prompt.template_system`; "": none); ``num_ctx`` its context (default: min(context_length, 4096)).
     Every file is written atomically; a failure leaves the old ones (or none).
     """
     outtype = canonical_outtype(outtype)
@@ -308,16 +385,26 @@ def export_gguf(
         raise UserError(f"{out_path}: the GGUF output file must end in .gguf")
     n_vocab = config["vocab_size"]
     ctx = config.get("max_position_embeddings", 32768)
+    if system is None:
+        # Ollama renders its own template: without SYSTEM the model would read no system
+        # message, where the tokenizer's template (training, MLX, llama.cpp) adds its default
+        from mlx_lm.tokenizer_utils import load as load_tokenizer
+
+        system = template_system(load_tokenizer(model_dir))
     text = modelfile(out_path.name, system=system, num_ctx=num_ctx or min(ctx, 4096))
+    if config["model_type"] not in ARCHS:
+        raise UserError(f"{model_dir / 'config.json'}: model_type {config['model_type']!r} has no "
+                        f"GGUF export (supported: {', '.join(ARCHS)})")
     tokens, types = gguf_vocab(model_dir, n_vocab)
-    sv = special_vocab(model_dir, tokens)
+    pre = tokenizer_pre(model_dir, config["model_type"])
+    sv = special_vocab(model_dir, tokens, config["model_type"])
     weights, config = float_weights(model_dir)
     rows = weights["model.embed_tokens.weight"].shape[0]
     if rows != n_vocab:
         raise UserError(f"{model_dir}: embedding has {rows} rows but config vocab_size is {n_vocab}")
     qtype = ftype_name.removeprefix("MOSTLY_") if quantizer == "gguf" else None
-    plan, fallbacks = _tensor_plan(weights, config["num_hidden_layers"], outtype, qtype)
-    meta = (config, name or model_dir.name, tokens, types, sv)
+    plan, fallbacks = _tensor_plan(weights, config, outtype, qtype)
+    meta = (config, name or model_dir.name, tokens, types, sv, pre)
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     if quantizer == "llama.cpp":
@@ -351,11 +438,12 @@ def export_gguf(
 def _write_gguf(path: Path, plan, meta, ftype_name: str) -> None:
     import gguf
 
-    config, name, tokens, types, sv = meta
-    writer = gguf.GGUFWriter(None, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.QWEN2])
+    config, name, tokens, types, sv, pre = meta
+    arch = gguf.MODEL_ARCH[ARCHS[config["model_type"]]]
+    writer = gguf.GGUFWriter(None, gguf.MODEL_ARCH_NAMES[arch])
     _add_hparams(writer, config, name, int(gguf.LlamaFileType[ftype_name]))
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("qwen2")
+    writer.add_tokenizer_pre(pre)
     writer.add_token_list(tokens)
     writer.add_token_types(types)
     sv.add_to_gguf(writer, quiet=True)

@@ -1,11 +1,12 @@
 """MLX model dir -> Hugging Face transformers directory (PyTorch users, other toolchains).
 
-An MLX qwen2 checkpoint already uses the Hugging Face tensor names and layouts (mlx-lm's
-``qwen2.Model`` mirrors ``Qwen2ForCausalLM``); what differs is quantization (MLX affine
-groups that transformers cannot read) and the ``quantization`` keys in ``config.json``. So the
-export loads the model with mlx-lm, dequantizes it (``mlx_lm.utils.dequantize_model``), casts
-to one float dtype and writes ``model.safetensors`` (sharded past 5 GB, with an index) beside a
-clean ``config.json``, the tokenizer files and ``generation_config.json``. The result loads with
+An MLX qwen2 or llama checkpoint already uses the Hugging Face tensor names and layouts
+(mlx-lm's ``qwen2.Model`` mirrors ``Qwen2ForCausalLM``, ``llama.Model`` ``LlamaForCausalLM``);
+what differs is quantization (MLX affine groups that transformers cannot read) and the
+``quantization`` keys in ``config.json``. So the export loads the model with mlx-lm,
+dequantizes it (``mlx_lm.utils.dequantize_model``), casts to one float dtype and writes
+``model.safetensors`` (sharded past 5 GB, with an index) beside a clean ``config.json``, the
+tokenizer files and ``generation_config.json``. The result loads with
 ``transformers.AutoModelForCausalLM.from_pretrained`` and gives the same logits as MLX.
 
 :func:`float_weights` is shared with the GGUF export.
@@ -22,7 +23,10 @@ from apeagent.errors import UserError
 from apeagent.files import atomic_dir
 from finetune_mlx.model_dir import check_model_dir
 
-SUPPORTED_MODEL_TYPES = ("qwen2",)
+# model_type -> the transformers architecture (mlx-lm's qwen2 and llama modules use the Hugging
+# Face names and layouts of these, so the weights go over unchanged).
+ARCHITECTURES = {"qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}
+SUPPORTED_MODEL_TYPES = tuple(ARCHITECTURES)
 
 # Canonical name -> accepted spellings.
 DTYPES = {
@@ -103,7 +107,7 @@ def float_weights(model_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]
 def hf_config(config: dict[str, Any], dtype: str) -> dict[str, Any]:
     """``config.json`` for transformers: no MLX quantization keys, the exported dtype."""
     out = {k: v for k, v in config.items() if k not in _MLX_ONLY_KEYS}
-    out["architectures"] = ["Qwen2ForCausalLM"]
+    out["architectures"] = [ARCHITECTURES[config["model_type"]]]
     # transformers >= 4.56 reads "dtype"; older versions and llama.cpp read "torch_dtype".
     out["dtype"] = out["torch_dtype"] = dtype
     out.pop("_name_or_path", None)

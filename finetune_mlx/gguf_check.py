@@ -34,6 +34,34 @@ def mlx_answers(model_dir: str | Path, prompts: list[list[dict]], max_tokens: in
     return [answer(model, tokenizer, p, max_tokens)["text"] for p in prompts]
 
 
+def open_llama(path: str | Path, n_ctx: int, threads: int = 1, **kwargs):
+    """``llama_cpp.Llama`` for ``path`` with llama.cpp's weight repacking off.
+
+    llama-cpp-python 0.3.36 repacks Q4_0/Q4_1 weights for its AVX-512/AMX kernels; on this
+    project's CI CPU (AMX_INT8) the first forward pass through repacked Q4_1 weights (the
+    SmolLM2 GGUF) segfaults. Without repacking the same file runs and agrees with MLX
+    (``tests/test_smollm2.py``). The library takes the switch only through its default params.
+    """
+    import llama_cpp
+    from llama_cpp import llama as llama_module
+
+    default = llama_cpp.llama_model_default_params
+
+    def params():
+        p = default()
+        p.use_extra_bufts = False
+        return p
+
+    llama_module.llama_cpp.llama_model_default_params = params
+    try:
+        # n_threads_batch too: ggml's threads spin at barriers, so a second prompt thread on a
+        # busy machine's shared cores can make a run tens of times slower.
+        return llama_cpp.Llama(str(path), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                               verbose=False, seed=0, **kwargs)
+    finally:
+        llama_module.llama_cpp.llama_model_default_params = default
+
+
 def llama_cpp_answers(
     gguf_path: str | Path, prompts: list[list[dict]], max_tokens: int, threads: int = 1
 ) -> dict[str, Any]:
@@ -41,18 +69,17 @@ def llama_cpp_answers(
     import gguf
 
     try:
-        from llama_cpp import Llama
+        import llama_cpp  # noqa: F401
     except ImportError:
         raise UserError("running a GGUF needs llama-cpp-python: pip install -e '.[gguf]'") from None
     path = Path(gguf_path)
     if not path.is_file():
         raise UserError(f"GGUF file not found: {path}")
-    ctx = int(gguf.GGUFReader(path).fields["qwen2.context_length"].contents())
+    fields = gguf.GGUFReader(path).fields
+    arch = fields["general.architecture"].contents()
+    ctx = int(fields[f"{arch}.context_length"].contents())
     t0 = time.perf_counter()
-    # n_threads_batch too: ggml's threads spin at barriers, so a second prompt thread on a busy
-    # machine's shared cores can make a run tens of times slower.
-    llm = Llama(str(path), n_ctx=min(ctx, 4096), n_threads=threads, n_threads_batch=threads,
-                verbose=False, seed=0)
+    llm = open_llama(path, min(ctx, 4096), threads)
     load_s = time.perf_counter() - t0
     texts, tokens, seconds = [], 0, 0.0
     for messages in prompts:

@@ -245,3 +245,43 @@ def answer(
         "latency_s": time.perf_counter() - t0,
         "finish_reason": last.finish_reason if last else None,
     }
+
+
+def answers(
+    model, tokenizer, prompts: list[list[dict]], max_tokens: int, batch_size: int = 1, on_done=None
+) -> list[dict[str, Any]]:
+    """Greedy answers to many chat prompts, as :func:`answer`'s dicts, in order.
+
+    ``batch_size`` 1 answers one at a time; more goes through mlx-lm's batch generation
+    (``batch_generate``: a CPU decodes many sequences in the time of a few, since one token of
+    one sequence reads every weight). Padding can flip a near-tie token, rarely.
+    """
+    if batch_size <= 1:
+        out = []
+        for msgs in prompts:
+            out.append(answer(model, tokenizer, msgs, max_tokens))
+            if on_done:
+                on_done(1)
+        return out
+    from mlx_lm.generate import batch_generate
+
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        chunk = [tokenizer.apply_chat_template(m, add_generation_prompt=True, return_dict=False)
+                 for m in prompts[i : i + batch_size]]
+        t0 = time.perf_counter()
+        resp = batch_generate(model, tokenizer, chunk, max_tokens=max_tokens,
+                              completion_batch_size=batch_size, prefill_batch_size=batch_size,
+                              return_token_ids=True)
+        dt = time.perf_counter() - t0
+        for text, ids in zip(resp.texts, resp.token_ids, strict=True):
+            out.append({
+                "text": text,
+                "tokens": len(ids),
+                "tokens_per_second": resp.stats.generation_tps,
+                "latency_s": dt / len(chunk),
+                "finish_reason": "length" if len(ids) >= max_tokens else "stop",
+            })
+        if on_done:
+            on_done(len(chunk))
+    return out

@@ -27,10 +27,12 @@ from mlx.utils import tree_flatten
 from apeagent.errors import UserError
 from apeagent.files import atomic_path, write_json, write_text
 from distill.dataset import check_lengths, load_splits
+from finetune_mlx import frozen
 from finetune_mlx.canary import canary_token_sequences, make_loss
 from finetune_mlx.model_dir import arch_of, check_model_dir, fingerprint
 
 FINE_TUNE_TYPES = ("lora", "dora", "full")
+OPTIMIZERS = {"adam": optim.Adam, "adamw": optim.AdamW, "sgd": optim.SGD, "adafactor": optim.Adafactor}
 SCHEDULES = ("cosine_decay", "linear_schedule", "constant")
 
 
@@ -109,35 +111,28 @@ def weights_digest(model) -> str:
 
 
 class _Recorder:
-    """Trainer callback: keeps the reports (mlx-lm's TrainUI already prints them)."""
+    """Trainer callback: keeps the reports (mlx-lm's TrainUI already prints them); ``probe``
+    (with the frozen-block cache) adds the valid set's teacher-forced answer accuracy."""
 
-    def __init__(self):
+    def __init__(self, probe=None, say=print):
         self.train: list[dict] = []
         self.val: list[dict] = []
+        self.probe, self.say = probe, say
 
     def on_train_loss_report(self, info):
         self.train.append({k: float(v) for k, v in info.items()})
 
     def on_val_loss_report(self, info):
-        self.val.append({k: float(v) for k, v in info.items()})
+        row = {k: float(v) for k, v in info.items()}
+        if self.probe is not None:
+            acc = self.probe()
+            row.update(valid_exact=acc["exact"], valid_decision=acc["decision"])
+            self.say(f"iter {int(row['iteration'])}: valid answers exact {acc['exact']:.1%}, "
+                     f"decision {acc['decision']:.1%} (teacher-forced, {acc['n']} examples)")
+        self.val.append(row)
 
 
-def train(
-    model_dir: str | Path,
-    data_dir: str | Path,
-    adapter_dir: str | Path,
-    cfg: dict[str, Any],
-    resume_adapter_file: str | Path | None = None,
-) -> dict[str, Any]:
-    """Train adapters into ``adapter_dir``; returns the report (also ``train_report.json``)."""
-    from mlx_lm import load as mlx_load
-    from mlx_lm.tuner.datasets import CacheDataset, create_dataset
-    from mlx_lm.tuner.trainer import TrainingArgs, evaluate
-    from mlx_lm.tuner.trainer import train as mlx_train
-    from mlx_lm.tuner.utils import build_schedule, linear_to_lora_layers
-
-    model_dir = check_model_dir(model_dir)
-    data_dir, adapter_dir = Path(data_dir), Path(adapter_dir)
+def _check_inputs(model_dir, data_dir, cfg, resume_adapter_file) -> dict[str, list]:
     if cfg["fine_tune_type"] not in FINE_TUNE_TYPES:
         raise UserError(
             f"finetune.fine_tune_type: unknown {cfg['fine_tune_type']!r} "
@@ -145,22 +140,18 @@ def train(
         )
     if resume_adapter_file is not None and not Path(resume_adapter_file).is_file():
         raise UserError(f"resume adapter file not found: {resume_adapter_file}")
-    splits = load_splits(data_dir, ("train", "valid"))
+    if cfg["optimizer"] not in OPTIMIZERS:
+        raise UserError(f"finetune.optimizer: unknown {cfg['optimizer']!r}")
+    return load_splits(data_dir, ("train", "valid"))
 
-    world = mx.distributed.init()
-    rank, size = world.rank(), world.size()
-    batch_size = cfg["batch_size"]
-    if batch_size % size:
-        raise UserError(f"finetune.batch_size={batch_size} must divide by the {size} processes")
-    mx.random.seed(cfg["seed"])
-    np.random.seed(cfg["seed"])
 
-    model, tokenizer = mlx_load(str(model_dir))
+def _check_model(model, tokenizer, model_dir, data_dir, splits, cfg, resume_adapter_file) -> int:
+    """Every check that needs the loaded model; returns the number of adapted blocks."""
     for split, rows in splits.items():
         path = data_dir / f"{split}.jsonl"
         check_lengths(rows, tokenizer, cfg["max_seq_length"], path)
-        if len(rows) < batch_size:
-            raise UserError(f"{path}: {len(rows)} examples, fewer than batch_size={batch_size}")
+        if len(rows) < cfg["batch_size"]:
+            raise UserError(f"{path}: {len(rows)} examples, fewer than batch_size={cfg['batch_size']}")
     num_layers = cfg["num_layers"]
     if num_layers > len(model.layers):
         raise UserError(
@@ -175,18 +166,12 @@ def train(
         from finetune_mlx.model_dir import check_adapter
 
         check_adapter(Path(resume_adapter_file).parent, model_dir)
+    return num_layers
 
-    # Nothing is written before here: every check above can still fail.
-    args = mlx_lm_args(
-        cfg,
-        str(model_dir),
-        str(data_dir),
-        str(adapter_dir),
-        str(resume_adapter_file) if resume_adapter_file else None,
-    )
-    ns = types.SimpleNamespace(**args)
-    train_set = CacheDataset(create_dataset(splits["train"], tokenizer, ns))
-    valid_set = CacheDataset(create_dataset(splits["valid"], tokenizer, ns))
+
+def _adapt(model, cfg, args, num_layers, resume_adapter_file) -> None:
+    """Freeze the base; adapters (or unfrozen blocks) on the top ``num_layers``."""
+    from mlx_lm.tuner.utils import linear_to_lora_layers
 
     model.freeze()
     if cfg["fine_tune_type"] == "full":
@@ -198,9 +183,68 @@ def train(
         )
     if resume_adapter_file is not None:
         model.load_weights(str(resume_adapter_file), strict=False)
-    trainable = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
-    total = sum(v.size for _, v in tree_flatten(model.parameters()))
 
+
+def _data(model, tokenizer, splits, args, cfg, num_layers, say) -> dict[str, Any]:
+    """Train/valid sets, the loss and the batch iterator: mlx-lm's, or over cached frozen blocks."""
+    from mlx_lm.tuner.datasets import CacheDataset, create_dataset
+    from mlx_lm.tuner.trainer import iterate_batches
+
+    ns = types.SimpleNamespace(**args)
+    sets = {s: CacheDataset(create_dataset(rows, tokenizer, ns)) for s, rows in splits.items()}
+    start = len(model.layers) - num_layers if num_layers > 0 else 0
+    out = {"train": sets["train"], "valid": sets["valid"], "iterate": iterate_batches,
+           "loss": make_loss(tokenizer, cfg["canary_weight"]), "cached_blocks": 0}
+    if not cfg["cache_frozen"] or not frozen.supported(model, start):
+        return out
+    lengths = [len(sets[s][i][0]) for s in sets for i in range(len(sets[s]))]
+    gib = frozen.cache_bytes(lengths, model.args.hidden_size) / 2**30
+    if gib > cfg["cache_frozen_max_gib"]:
+        say(f"frozen-block cache would take {gib:.1f} GiB > finetune.cache_frozen_max_gib: "
+            "training runs the full model")
+        return out
+    t0 = time.perf_counter()
+    cached = {s: frozen.cache_dataset(model, d, start) for s, d in sets.items()}
+    say(f"cached the {start} frozen blocks' output for {len(lengths)} examples "
+        f"({gib:.2f} GiB, {time.perf_counter() - t0:.0f} s)")
+    weight = cfg["canary_weight"]
+    seqs = canary_token_sequences(tokenizer) if weight != 1.0 else []
+    all_seqs = canary_token_sequences(tokenizer)
+    out.update(train=cached["train"], valid=cached["valid"], iterate=frozen.iterate_batches,
+               loss=frozen.top_loss(start, seqs, weight), cached_blocks=start,
+               probe=lambda: frozen.answer_accuracy(model, cached["valid"], start, all_seqs,
+                                                    cfg["batch_size"]))
+    return out
+
+
+def train(
+    model_dir: str | Path,
+    data_dir: str | Path,
+    adapter_dir: str | Path,
+    cfg: dict[str, Any],
+    resume_adapter_file: str | Path | None = None,
+    say=print,
+) -> dict[str, Any]:
+    """Train adapters into ``adapter_dir``; returns the report (also ``train_report.json``)."""
+    from mlx_lm import load as mlx_load
+
+    model_dir = check_model_dir(model_dir)
+    data_dir, adapter_dir = Path(data_dir), Path(adapter_dir)
+    splits = _check_inputs(model_dir, data_dir, cfg, resume_adapter_file)
+    world = mx.distributed.init()
+    rank, size = world.rank(), world.size()
+    if cfg["batch_size"] % size:
+        raise UserError(f"finetune.batch_size={cfg['batch_size']} must divide by the {size} processes")
+    mx.random.seed(cfg["seed"])
+    np.random.seed(cfg["seed"])
+    model, tokenizer = mlx_load(str(model_dir))
+    num_layers = _check_model(model, tokenizer, model_dir, data_dir, splits, cfg, resume_adapter_file)
+
+    # Nothing is written before here: every check above can still fail.
+    resume = str(resume_adapter_file) if resume_adapter_file else None
+    args = mlx_lm_args(cfg, str(model_dir), str(data_dir), str(adapter_dir), resume)
+    _adapt(model, cfg, args, num_layers, resume_adapter_file)
+    data = _data(model, tokenizer, splits, args, cfg, num_layers, say)
     adapter_dir.mkdir(parents=True, exist_ok=True)
     adapter_config = dict(args, num_layers=num_layers)
     adapter_config.update(
@@ -213,19 +257,40 @@ def train(
     if rank == 0:
         write_json(adapter_dir / "adapter_config.json", adapter_config)
         write_text(adapter_dir / "lora_config.yaml", lora_yaml(args, cfg["canary_weight"]))
+    result = _run(model, data, args, cfg, adapter_dir, say)
+    if rank == 0:
+        _save_adapters(model, adapter_dir)
+    report = {
+        "model": str(model_dir),
+        "data": str(data_dir),
+        "fine_tune_type": cfg["fine_tune_type"],
+        "iters": cfg["iters"],
+        "num_processes": size,
+        "rank": rank,
+        "trainable_parameters": sum(v.size for _, v in tree_flatten(model.trainable_parameters())),
+        "total_parameters": sum(v.size for _, v in tree_flatten(model.parameters())),
+        "cached_frozen_blocks": data["cached_blocks"],
+        **result,
+        "adapter_sha256": weights_digest(model),
+        "canary_weight": cfg["canary_weight"],
+    }
+    write_json(
+        adapter_dir / ("train_report.json" if rank == 0 else f"train_report.rank{rank}.json"),
+        report,
+    )
+    return report
 
-    opt_class = {
-        "adam": optim.Adam,
-        "adamw": optim.AdamW,
-        "sgd": optim.SGD,
-        "adafactor": optim.Adafactor,
-    }.get(cfg["optimizer"])
-    if opt_class is None:
-        raise UserError(f"finetune.optimizer: unknown {cfg['optimizer']!r}")
-    optimizer = opt_class(learning_rate=build_schedule(args["lr_schedule"]))
-    recorder = _Recorder()
+
+def _run(model, data, args, cfg, adapter_dir: Path, say=print) -> dict[str, Any]:
+    """mlx-lm's trainer with this run's loss and batches, then the final validation loss."""
+    from mlx_lm.tuner.trainer import TrainingArgs, evaluate
+    from mlx_lm.tuner.trainer import train as mlx_train
+    from mlx_lm.tuner.utils import build_schedule
+
+    optimizer = OPTIMIZERS[cfg["optimizer"]](learning_rate=build_schedule(args["lr_schedule"]))
+    recorder = _Recorder(data.get("probe"), say)
     training_args = TrainingArgs(
-        batch_size=batch_size,
+        batch_size=cfg["batch_size"],
         iters=cfg["iters"],
         val_batches=cfg["val_batches"],
         steps_per_report=cfg["steps_per_report"],
@@ -236,46 +301,19 @@ def train(
         grad_checkpoint=cfg["grad_checkpoint"],
         grad_accumulation_steps=cfg["grad_accumulation_steps"],
     )
-    loss_fn = make_loss(tokenizer, cfg["canary_weight"])
     t0 = time.perf_counter()
-    mlx_train(
-        model=model,
-        optimizer=optimizer,
-        train_dataset=train_set,
-        val_dataset=valid_set,
-        args=training_args,
-        loss=loss_fn,
-        training_callback=recorder,
-    )
+    mlx_train(model=model, optimizer=optimizer, train_dataset=data["train"],
+              val_dataset=data["valid"], args=training_args, loss=data["loss"],
+              iterate_batches=data["iterate"], training_callback=recorder)
     seconds = time.perf_counter() - t0
     # The trainer's last validation runs before the last step; measure the final weights.
-    final_val = evaluate(
-        model=model,
-        dataset=valid_set,
-        batch_size=batch_size,
-        num_batches=cfg["val_batches"],
-        max_seq_length=cfg["max_seq_length"],
-        loss=loss_fn,
-    )
-    digest = weights_digest(model)
-    if rank == 0:
-        # The trainer wrote the file in place; rewrite it atomically so a reader never sees half.
-        with atomic_path(adapter_dir / "adapters.safetensors") as tmp:
-            mx.save_safetensors(
-                str(tmp.with_suffix(".safetensors")),
-                dict(tree_flatten(model.trainable_parameters())),
-            )
-            tmp.with_suffix(".safetensors").replace(tmp)
+    final_val = evaluate(model=model, dataset=data["valid"], batch_size=cfg["batch_size"],
+                         num_batches=cfg["val_batches"], max_seq_length=cfg["max_seq_length"],
+                         loss=data["loss"], iterate_batches=data["iterate"])
     tokens = sum(r["trained_tokens"] for r in recorder.train[-1:])
-    report = {
-        "model": str(model_dir),
-        "data": str(data_dir),
-        "fine_tune_type": cfg["fine_tune_type"],
-        "iters": cfg["iters"],
-        "num_processes": size,
-        "rank": rank,
-        "trainable_parameters": int(trainable),
-        "total_parameters": int(total),
+    final_acc = data["probe"]() if data.get("probe") else None
+    return {
+        "final_valid_accuracy": final_acc,
         "seconds": round(seconds, 2),
         "trained_tokens": int(tokens),
         "tokens_per_second": round(tokens / seconds, 1) if seconds > 0 else None,
@@ -283,11 +321,14 @@ def train(
         "final_val_loss": final_val,
         "train_log": recorder.train,
         "val_log": recorder.val,
-        "adapter_sha256": digest,
-        "canary_weight": cfg["canary_weight"],
     }
-    write_json(
-        adapter_dir / ("train_report.json" if rank == 0 else f"train_report.rank{rank}.json"),
-        report,
-    )
-    return report
+
+
+def _save_adapters(model, adapter_dir: Path) -> None:
+    """The trainer wrote the file in place; rewrite it atomically so a reader never sees half."""
+    with atomic_path(adapter_dir / "adapters.safetensors") as tmp:
+        mx.save_safetensors(
+            str(tmp.with_suffix(".safetensors")),
+            dict(tree_flatten(model.trainable_parameters())),
+        )
+        tmp.with_suffix(".safetensors").replace(tmp)
