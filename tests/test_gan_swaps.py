@@ -4,11 +4,10 @@ swap-level validation and its CLI / report surface."""
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
+from chain_fixtures import real_rows
 from gan_fixtures import synthetic_bars, tiny_cfg, write_cfg_yaml
 from typer.testing import CliRunner
 
@@ -95,20 +94,14 @@ def test_continuous_swaps_replay_exactly_and_rebuild_the_generated_bars(sim, dec
 
 
 @pytest.fixture(scope="module")
-def real():
+def real(tmp_path_factory):
     """The shared CSV's swaps (chain process): their bootstrap bank over every bar, and the
     real bars themselves as 162 windows of 24 (the generated bars of a perfect GAN)."""
-    import tempfile
-
-    from chain_fixtures import real_rows
     from gan_torch.data import read_bars
 
-    d = Path(tempfile.mkdtemp(prefix="ape-real-swaps-"))
-    try:
-        process(real_rows(), d)
-        sw, bars = S.read_swaps(d / "swaps.parquet"), read_bars(d / "bars.parquet")
-    finally:
-        shutil.rmtree(d, True)
+    d = tmp_path_factory.mktemp("real")
+    process(real_rows(), d)
+    sw, bars = S.read_swaps(d / "swaps.parquet"), read_bars(d / "bars.parquet")
     n, t = len(bars["bar_start"]) // 24, 24
     bank = S.swap_bank(sw, 300, n * t)
     raw = bar_features({k: v[: n * t] for k, v in bars.items()}).reshape(n, t, len(FEATURES))
