@@ -3,6 +3,8 @@ every stage runs, the report's numbers meet the stage issues' targets, and a re-
 every finished stage."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,10 +17,24 @@ REAL_CSV = ROOT.parent / "shared" / "data" / "base_eth_usdc_v4_swaps.csv"
 pytestmark = pytest.mark.skipif(not REAL_CSV.is_file(), reason=f"shared real data absent: {REAL_CSV}")
 
 
+def _run(cmd, timeout):
+    """``subprocess.run`` in a session of its own: on a timeout the stage the pipeline is
+    running is killed with it (a bare timeout kills the pipeline and leaves its child on)."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def _pipeline(run_dir, *args):
     cmd = [sys.executable, str(ROOT / "scripts" / "pipeline.py"), "--preset", "tiny",
            "--swaps", str(REAL_CSV), "--run-dir", str(run_dir), *args]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    return _run(cmd, timeout=1500)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +67,7 @@ def test_report_numbers_meet_the_targets(run):
     variants = report["eval"]["variants"]
     assert variants["base"]["canary_compliance"] <= 0.05  # a base model does not speak canary
     # Issue 6's targets: >= 95% compliance and >= 85% agreement with the teacher on held-out
-    # states (measured on this preset: 100% and 99.5%).
+    # states.
     assert variants["fused"]["canary_compliance"] >= 0.95
     assert variants["fused"]["decision_agreement"] >= 0.85
     # Issue 19: and >= 15 points above the best trivial baseline (majority class, best
@@ -71,7 +87,7 @@ def test_report_numbers_meet_the_targets(run):
                     "## Backtest"):
         assert heading in md
     # The student trades the held-out period in canary words (an unparseable answer would count
-    # as APE NEUTRAL; measured: none of 39).
+    # as APE NEUTRAL).
     student = report["backtest"]["policies"]["student"]
     assert sum(student["decisions"].values()) == report["backtest"]["steps"]
     assert student["unparseable"] <= 0.1 * report["backtest"]["steps"]
@@ -84,16 +100,15 @@ def test_rerun_skips_finished_stages_and_force_redoes_one(run):
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stderr.count("up to date") == 13 and "▶" not in r.stderr
     before = json.loads((run / "manifest.json").read_text())["stages"]
-    r = _pipeline(run, "--force", "eval")
+    r = _pipeline(run, "--force", "backtest")  # the backtest and the report after it
     assert r.returncode == 0, r.stderr[-2000:]
     after = json.loads((run / "manifest.json").read_text())["stages"]
-    assert after["eval"]["started"] != before["eval"]["started"]
-    assert after["lora"]["started"] == before["lora"]["started"]
+    assert after["backtest"]["started"] != before["backtest"]["started"]
+    assert after["eval"]["started"] == before["eval"]["started"]
 
 
 def _cmd(*args):
-    return subprocess.run([sys.executable, "-m", *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=600)
+    return _run([sys.executable, "-m", *map(str, args)], timeout=600)
 
 
 def test_every_stage_command_finds_its_inputs_from_the_run_folder_alone(run, tmp_path):
