@@ -3,7 +3,8 @@
 the eval numbers the report's targets check, once per seed (gan, distill and finetune seeds
 set together), with their spread.
 
-    .venv/bin/python benchmarks/bench_pipeline.py [--seeds 0,1,2] [--demo] [--out runs/bench/pipeline.json]
+    .venv/bin/python benchmarks/bench_pipeline.py [--seeds 0,1,2] [--demo] [--keep DIR]
+        [--out runs/bench/pipeline.json]
 
 Default: the shared real CSV (``--swaps ../shared/data/base_eth_usdc_v4_swaps.csv``, the
 test suite's end-to-end run); ``--demo``: exactly ``make demo`` (the offline simulated
@@ -65,13 +66,17 @@ def main() -> int:
     ap.add_argument("--seeds", default="0", help="comma-separated seeds, one run each")
     ap.add_argument("--demo", action="store_true", help="the simulated market, as `make demo`")
     ap.add_argument("--out", type=Path, default=ROOT / "runs/bench/pipeline.json")
+    ap.add_argument("--keep", type=Path, default=None, help="keep each run here: KEEP/seed<N>")
     args = ap.parse_args()
     if not args.demo and not REAL_CSV.is_file():
         raise SystemExit(f"error: shared real data absent: {REAL_CSV} (or use --demo)")
     runs = []
     for seed in (int(s) for s in args.seeds.split(",")):
-        with tempfile.TemporaryDirectory() as tmp:
-            runs.append(run_once(seed, args.demo, Path(tmp) / "run"))
+        if args.keep is not None:
+            runs.append(run_once(seed, args.demo, args.keep / f"seed{seed}"))
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                runs.append(run_once(seed, args.demo, Path(tmp) / "run"))
         print(json.dumps(runs[-1]), flush=True)
     out = {
         "data": "simulated (make demo)" if args.demo else str(REAL_CSV.name),

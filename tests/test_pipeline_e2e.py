@@ -62,8 +62,8 @@ def test_report_numbers_and_their_targets(run):
     compliance 100%, agreement 85.0-93.5%, margin over the best trivial baseline 13.5-22.0
     points): the student speaks canary and beats every trivial baseline. Whether it also
     clears issue 6's and issue 19's bars (>= 85% agreement, >= 15 points over the baseline)
-    the report's targets say, and they must say it of these numbers; a single run clears
-    them or not by the luck of the run. `benchmarks/bench_pipeline.py --seeds 0,1,2`
+    the report's targets say, and they must say it of these numbers (of the two runs above,
+    one cleared them and one did not). `benchmarks/bench_pipeline.py --seeds 0,1,2`
     measures the spread."""
     report = json.loads((run / "report.json").read_text())
     assert report["simulated"] is False
