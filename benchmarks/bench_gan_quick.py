@@ -29,10 +29,14 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "gan_torch", "train", "--quick-test", "--quiet",
                "--out-dir", str(Path(tmp) / "gan")]
+        shown = ["ape-gan", "train", "--quick-test"]
         if args.steps is not None:
             cmd += ["--steps", str(args.steps)]
+            shown += ["--steps", str(args.steps)]
         t0 = time.perf_counter()
-        child = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        # the CLI prints its JSON summary on the console (stderr): read both streams
+        child = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                 text=True)
         stdout, _ = child.communicate()
         wall = time.perf_counter() - t0
     if child.returncode:
@@ -42,9 +46,9 @@ def main() -> int:
     # process` it waits for): kilobytes on Linux, bytes on macOS
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     peak_mb = peak / 1024 if sys.platform != "darwin" else peak / 2**20
-    summary = json.loads(stdout.strip().splitlines()[-1])
+    summary = json.loads([x for x in stdout.splitlines() if x.startswith('{"steps"')][-1])
     out = {
-        "command": " ".join(["ape-gan", *cmd[3:-2]]),
+        "command": " ".join(shown),
         "steps": summary["steps"],
         "wall_s": round(wall, 1),
         "training_s": round(summary["elapsed_s"], 1),
