@@ -11,9 +11,12 @@ UNAME_M := $(shell uname -m)
 demo: $(STAMP)
 	$(BIN)/python scripts/pipeline.py --preset tiny
 
-# pytest exits 5 when it collected no test: that is a failure here, not a pass.
+# pytest exits 5 when it collected no test: that is a failure here, not a pass. Two workers, one
+# test file at a time each, in collection order (tests/conftest.py puts the end-to-end pipeline
+# first, so it runs beside the rest): `make test PYTEST_XDIST=` runs in one process.
+PYTEST_XDIST ?= -n 2 --dist loadfile --no-loadscope-reorder
 test: $(STAMP)
-	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	@$(BIN)/python -m pytest $(PYTEST_XDIST) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest ran no tests"; exit 1; fi; exit $$rc
 
 install: $(STAMP)

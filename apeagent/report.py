@@ -159,7 +159,149 @@ def _plot_eval(variants: dict[str, Any], path: Path) -> bool:
     return True
 
 
+def _targets_md(targets: dict[str, dict[str, Any]]) -> list[str]:
+    md = ["", "## Targets", "", "| target | value | wanted | met |", "|---|---|---|---|"]
+    for name, t in targets.items():
+        value = _pct(t["value"]) if isinstance(t["value"], float) else t["value"]
+        md.append(f"| {name} | {value} | {t['target']} | {'yes' if t['met'] else '**no**'} |")
+    return md
+
+
+def _data_md(data: dict[str, Any]) -> list[str]:
+    return ["", "## Data", "", f"{data['swaps']} swaps, blocks {data['first_block']}–{data['last_block']}, "
+            f"{data['bars']} bars of {data['bar_seconds']} s ({data['empty_bars']} without swaps), "
+            f"price {data['price_min']:.2f}–{data['price_max']:.2f} USDC/ETH."]
+
+
+def _swaps_md(swaps: dict[str, Any]) -> list[str]:
+    real = swaps.get("real_test_stats", {})
+    md = ["", f"### Swap-level fidelity (decoded swaps vs {real.get('swaps')} held-out real swaps)", "",
+          f"Decoder `{swaps.get('decoder')}`; classifier on windows of 24 consecutive swaps "
+          f"({swaps.get('real_windows')} real windows), 0 = indistinguishable, 0.5 = separable. "
+          f"Held-out real: excess kurtosis {_num(real.get('ret_excess_kurtosis'), 1)}, "
+          f"max |r| {_num(real.get('max_abs_ret'), 4)}.", "",
+          "| source | discriminative (returns) | discriminative (all) | KS return | KS size | KS gap | kurtosis | max abs r |",
+          "|---|---|---|---|---|---|---|---|"]
+    for name, s in swaps.get("sources", {}).items():
+        ks, st = s.get("ks", {}), s.get("stats", {})
+        md.append(f"| {name} | {_num(s.get('discriminative_returns'))} | {_num(s.get('discriminative_all'))} | "
+                  f"{_num(ks.get('log_return'))} | {_num(ks.get('size'))} | {_num(ks.get('dt'))} | "
+                  f"{_num(st.get('ret_excess_kurtosis'), 1)} | {_num(st.get('max_abs_ret'), 4)} |")
+    return md
+
+
+def _validation_md(validation: dict[str, Any], plots: Path) -> list[str]:
+    """The GAN fidelity section; the validation's plots are copied into ``plots``."""
+    md = ["", "## GAN fidelity (synthetic vs held-out real windows)", "",
+          f"Overall grade: **{validation.get('grade')}** (thresholds in docs/gan_torch.md). "
+          "Lower is better everywhere; `real_train` (real training windows vs the held-out period) is the floor. "
+          "Every source sees only the training period; the GAN is conditioned as "
+          f"`ape-gan generate` conditions it ({(validation.get('gan_conditioning') or {}).get('detail', 'unknown')})."]
+    for period, data_p in validation.get("periods", {}).items():
+        md += ["", f"### held-out {period} period ({data_p.get('n_real_windows')} real windows)", "",
+               "| source | grade | discriminative | predictive | mean KS | ACF r err | ACF abs r err | kurtosis err |",
+               "|---|---|---|---|---|---|---|---|"]
+        for name, s in data_p.get("sources", {}).items():
+            md.append(f"| {name} | {s.get('grade')} | {_num(s.get('discriminative_score'))} | "
+                      f"{_num(s.get('predictive_score'))} | {_num(s.get('mean_ks'))} | {_num(s.get('acf_ret_error'))} | "
+                      f"{_num(s.get('acf_abs_ret_error'))} | {_num(s.get('kurtosis_error'), 2)} |")
+    swaps = validation.get("swaps")
+    if swaps:
+        md += _swaps_md(swaps)
+    for plot in [*validation.get("plots", []), *(swaps or {}).get("plots", [])]:
+        src = Path(plot)
+        if src.is_file():
+            shutil.copyfile(src, plots / src.name)
+            md += ["", f"![{src.stem}](report_plots/{src.name})"]
+    return md
+
+
+def _teacher_md(teacher: dict[str, Any]) -> list[str]:
+    return ["", "## Teacher", "", f"Teacher `{teacher.get('teacher')}` (`{teacher.get('model')}`, style "
+            f"`{teacher.get('style')}`): {teacher.get('accepted')} of {teacher.get('items')} answers accepted, "
+            f"{teacher.get('rejected_after_retries')} rejected after retries; rejections by reason: "
+            f"`{json.dumps(teacher.get('rejections'))}`; decisions `{json.dumps(teacher.get('decisions'))}`; "
+            f"mean output tokens {_num((teacher.get('output_tokens') or {}).get('mean_accepted'), 1)}."]
+
+
+def _dataset_md(dataset: dict[str, Any]) -> list[str]:
+    md = ["", "## Dataset", "", "| split | examples | APE IN | APE OUT | APE NEUTRAL |", "|---|---|---|---|---|"]
+    for split, n in dataset.get("counts", {}).items():
+        c = dataset.get("classes", {}).get(split, {})
+        md.append(f"| {split} | {n} | {c.get('APE IN', 0)} | {c.get('APE OUT', 0)} | {c.get('APE NEUTRAL', 0)} |")
+    return md
+
+
+def _train_md(train: dict[str, Any], plots: Path) -> list[str]:
+    md = ["", "## Student training", "", f"`{train.get('fine_tune_type')}` on `{train.get('model')}`: "
+          f"{train.get('iters')} iterations, {train.get('trainable_parameters')} trainable of "
+          f"{train.get('total_parameters')} parameters, {_num(train.get('tokens_per_second'), 0)} tokens/s, "
+          f"final train loss {_num(train.get('final_train_loss'))}, validation loss {_num(train.get('final_val_loss'))}."]
+    if _plot_training(train, plots / "training_curve.png"):
+        md += ["", "![training curve](report_plots/training_curve.png)"]
+    return md
+
+
+def _baselines_md(ev: dict[str, Any]) -> list[str]:
+    base = ev.get("baselines") or {}
+    if not base:
+        return []
+    single = base.get("best_single_feature") or {}
+    cmp = ev.get("comparison") or {}
+    return ["", "Trivial baselines (fit on the train split, scored on the same test prompts): "
+            f"majority class `{base['majority']['decision']}` {_pct(base['majority']['agreement'])}, "
+            f"best single-feature rule `{single.get('rule', '–')}` {_pct(single.get('agreement'))}; "
+            f"the base model's plain-word (BUY/SELL/HOLD) agreement {_pct(cmp.get('base_plain_agreement'))}. "
+            f"Fused margin over the best trivial baseline: {_num(cmp.get('margin_points'), 1)} points "
+            f"({_num(cmp.get('margin_points_in_hindsight'), 1)} over the single-feature rule that scores "
+            "best on test, chosen in hindsight)."]
+
+
+def _eval_md(ev: dict[str, Any], plots: Path) -> list[str]:
+    variants = ev.get("variants", {})
+    md = ["", f"## Canary evaluation ({ev.get('n')} held-out test prompts)", "",
+          "| metric | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants)]
+    for key, label, fmt in [("canary_compliance", "canary compliance", _pct),
+                            ("decision_agreement", "decision agreement with teacher", _pct),
+                            ("format_validity", "format validity", _pct),
+                            ("answer_tokens_mean", "answer tokens", lambda x: _num(x, 1)),
+                            ("tokens_per_second", "generation tokens/s", lambda x: _num(x, 0)),
+                            ("latency_s_mean", "latency (s)", lambda x: _num(x, 3))]:
+        md.append(f"| {label} | " + " | ".join(fmt(v.get(key)) for v in variants.values()) + " |")
+    md += _baselines_md(ev)
+    if _plot_eval(variants, plots / "canary_eval.png"):
+        md += ["", "![canary evaluation](report_plots/canary_eval.png)"]
+    return md
+
+
+def _backtest_md(bt: dict[str, Any], layout: RunLayout) -> list[str]:
+    held = bt.get("holdout", {})
+    md = ["", "## Backtest on the held-out swaps", "",
+          f"{held.get('swaps')} swaps never trained on (the last {_pct(held.get('fraction'))}), "
+          f"a decision every {bt.get('interval_minutes')} min ({bt.get('steps')} steps), pool fee and "
+          "price impact from the exact AMM math, gas per trade.", "",
+          "| policy | return % | Sharpe | max drawdown % | trades | fees USDC | unparseable |",
+          "|---|---|---|---|---|---|---|"]
+    for name, p in bt.get("policies", {}).items():
+        md.append(f"| {name} | {p['total_return_pct']:+.3f} | {p['sharpe']:.2f} | {p['max_drawdown_pct']:.3f} | "
+                  f"{p['trades']} | {p['fees_paid_usdc']:.2f} | {p.get('unparseable', 0)} |")
+    equity = layout.backtest / "equity.png"
+    if equity.is_file():
+        shutil.copyfile(equity, layout.report_plots / "equity.png")
+        md += ["", "![equity curves](report_plots/equity.png)"]
+    return md
+
+
+def _stages_md(manifest: dict[str, Any]) -> list[str]:
+    md = ["", "## Stages", "", "| stage | status | seconds |", "|---|---|---|"]
+    for name, rec in manifest.get("stages", {}).items():
+        md.append(f"| {name} | {rec.get('status')} | {rec.get('seconds', '')} |")
+    return md + ["", f"Versions: `{json.dumps(manifest.get('versions'))}`", ""]
+
+
 def write_report(run_dir: Path, manifest: dict[str, Any]) -> dict[str, str]:
+    """report.md (one section per stage that wrote its outputs, plots copied beside it) and
+    report.json, both redacted."""
     layout = RunLayout(run_dir)
     numbers = collect(run_dir)
     targets = check_targets(numbers)
@@ -173,123 +315,15 @@ def write_report(run_dir: Path, manifest: dict[str, Any]) -> dict[str, str]:
     if simulated:
         md += ["", "> **SIMULATED DATA.** These swaps come from the offline market simulator "
                "(`ape-chain simulate`), not from Base. Run with `--swaps FILE` or `--rpc-url URL` for real data."]
-    md += ["", "## Targets", "", "| target | value | wanted | met |", "|---|---|---|---|"]
-    for name, t in targets.items():
-        value = _pct(t["value"]) if isinstance(t["value"], float) else t["value"]
-        md.append(f"| {name} | {value} | {t['target']} | {'yes' if t['met'] else '**no**'} |")
-
-    data = numbers["data"]
-    if data:
-        md += ["", "## Data", "", f"{data['swaps']} swaps, blocks {data['first_block']}–{data['last_block']}, "
-               f"{data['bars']} bars of {data['bar_seconds']} s ({data['empty_bars']} without swaps), "
-               f"price {data['price_min']:.2f}–{data['price_max']:.2f} USDC/ETH."]
-
-    validation = numbers["validation"]
-    if validation:
-        md += ["", "## GAN fidelity (synthetic vs held-out real windows)", "",
-               f"Overall grade: **{validation.get('grade')}** (thresholds in docs/gan_torch.md). "
-               "Lower is better everywhere; `real_train` (real training windows vs the held-out period) is the floor. "
-               "Every source sees only the training period; the GAN is conditioned as "
-               f"`ape-gan generate` conditions it ({(validation.get('gan_conditioning') or {}).get('detail', 'unknown')})."]
-        for period, data_p in validation.get("periods", {}).items():
-            md += ["", f"### held-out {period} period ({data_p.get('n_real_windows')} real windows)", "",
-                   "| source | grade | discriminative | predictive | mean KS | ACF r err | ACF abs r err | kurtosis err |",
-                   "|---|---|---|---|---|---|---|---|"]
-            for name, s in data_p.get("sources", {}).items():
-                md.append(f"| {name} | {s.get('grade')} | {_num(s.get('discriminative_score'))} | "
-                          f"{_num(s.get('predictive_score'))} | {_num(s.get('mean_ks'))} | {_num(s.get('acf_ret_error'))} | "
-                          f"{_num(s.get('acf_abs_ret_error'))} | {_num(s.get('kurtosis_error'), 2)} |")
-        swaps = validation.get("swaps")
-        if swaps:
-            real = swaps.get("real_test_stats", {})
-            md += ["", f"### Swap-level fidelity (decoded swaps vs {real.get('swaps')} held-out real swaps)", "",
-                   f"Decoder `{swaps.get('decoder')}`; classifier on windows of 24 consecutive swaps "
-                   f"({swaps.get('real_windows')} real windows), 0 = indistinguishable, 0.5 = separable. "
-                   f"Held-out real: excess kurtosis {_num(real.get('ret_excess_kurtosis'), 1)}, "
-                   f"max |r| {_num(real.get('max_abs_ret'), 4)}.", "",
-                   "| source | discriminative (returns) | discriminative (all) | KS return | KS size | KS gap | kurtosis | max abs r |",
-                   "|---|---|---|---|---|---|---|---|"]
-            for name, s in swaps.get("sources", {}).items():
-                ks, st = s.get("ks", {}), s.get("stats", {})
-                md.append(f"| {name} | {_num(s.get('discriminative_returns'))} | {_num(s.get('discriminative_all'))} | "
-                          f"{_num(ks.get('log_return'))} | {_num(ks.get('size'))} | {_num(ks.get('dt'))} | "
-                          f"{_num(st.get('ret_excess_kurtosis'), 1)} | {_num(st.get('max_abs_ret'), 4)} |")
-        for plot in [*validation.get("plots", []), *(swaps or {}).get("plots", [])]:
-            src = Path(plot)
-            if src.is_file():
-                shutil.copyfile(src, plots / src.name)
-                md += ["", f"![{src.stem}](report_plots/{src.name})"]
-
-    teacher = numbers["teacher"]
-    if teacher:
-        md += ["", "## Teacher", "", f"Teacher `{teacher.get('teacher')}` (`{teacher.get('model')}`, style "
-               f"`{teacher.get('style')}`): {teacher.get('accepted')} of {teacher.get('items')} answers accepted, "
-               f"{teacher.get('rejected_after_retries')} rejected after retries; rejections by reason: "
-               f"`{json.dumps(teacher.get('rejections'))}`; decisions `{json.dumps(teacher.get('decisions'))}`; "
-               f"mean output tokens {_num((teacher.get('output_tokens') or {}).get('mean_accepted'), 1)}."]
-    dataset = numbers["dataset"]
-    if dataset:
-        md += ["", "## Dataset", "", "| split | examples | APE IN | APE OUT | APE NEUTRAL |", "|---|---|---|---|---|"]
-        for split, n in dataset.get("counts", {}).items():
-            c = dataset.get("classes", {}).get(split, {})
-            md.append(f"| {split} | {n} | {c.get('APE IN', 0)} | {c.get('APE OUT', 0)} | {c.get('APE NEUTRAL', 0)} |")
-
-    train = numbers["train"]
-    if train:
-        md += ["", "## Student training", "", f"`{train.get('fine_tune_type')}` on `{train.get('model')}`: "
-               f"{train.get('iters')} iterations, {train.get('trainable_parameters')} trainable of "
-               f"{train.get('total_parameters')} parameters, {_num(train.get('tokens_per_second'), 0)} tokens/s, "
-               f"final train loss {_num(train.get('final_train_loss'))}, validation loss {_num(train.get('final_val_loss'))}."]
-        if _plot_training(train, plots / "training_curve.png"):
-            md += ["", "![training curve](report_plots/training_curve.png)"]
-
-    ev = numbers["eval"]
-    if ev:
-        variants = ev.get("variants", {})
-        md += ["", f"## Canary evaluation ({ev.get('n')} held-out test prompts)", "",
-               "| metric | " + " | ".join(variants) + " |", "|---|" + "---|" * len(variants)]
-        for key, label, fmt in [("canary_compliance", "canary compliance", _pct),
-                                ("decision_agreement", "decision agreement with teacher", _pct),
-                                ("format_validity", "format validity", _pct),
-                                ("answer_tokens_mean", "answer tokens", lambda x: _num(x, 1)),
-                                ("tokens_per_second", "generation tokens/s", lambda x: _num(x, 0)),
-                                ("latency_s_mean", "latency (s)", lambda x: _num(x, 3))]:
-            md.append(f"| {label} | " + " | ".join(fmt(v.get(key)) for v in variants.values()) + " |")
-        base = ev.get("baselines") or {}
-        if base:
-            single = base.get("best_single_feature") or {}
-            cmp = ev.get("comparison") or {}
-            md += ["", "Trivial baselines (fit on the train split, scored on the same test prompts): "
-                   f"majority class `{base['majority']['decision']}` {_pct(base['majority']['agreement'])}, "
-                   f"best single-feature rule `{single.get('rule', '–')}` {_pct(single.get('agreement'))}; "
-                   f"the base model's plain-word (BUY/SELL/HOLD) agreement {_pct(cmp.get('base_plain_agreement'))}. "
-                   f"Fused margin over the best trivial baseline: {_num(cmp.get('margin_points'), 1)} points "
-                   f"({_num(cmp.get('margin_points_in_hindsight'), 1)} over the single-feature rule that scores "
-                   "best on test, chosen in hindsight)."]
-        if _plot_eval(variants, plots / "canary_eval.png"):
-            md += ["", "![canary evaluation](report_plots/canary_eval.png)"]
-
-    bt = numbers["backtest"]
-    if bt:
-        held = bt.get("holdout", {})
-        md += ["", "## Backtest on the held-out swaps", "",
-               f"{held.get('swaps')} swaps never trained on (the last {_pct(held.get('fraction'))}), "
-               f"a decision every {bt.get('interval_minutes')} min ({bt.get('steps')} steps), pool fee and "
-               "price impact from the exact AMM math, gas per trade.", "",
-               "| policy | return % | Sharpe | max drawdown % | trades | fees USDC | unparseable |",
-               "|---|---|---|---|---|---|---|"]
-        for name, p in bt.get("policies", {}).items():
-            md.append(f"| {name} | {p['total_return_pct']:+.3f} | {p['sharpe']:.2f} | {p['max_drawdown_pct']:.3f} | "
-                      f"{p['trades']} | {p['fees_paid_usdc']:.2f} | {p.get('unparseable', 0)} |")
-        equity = layout.backtest / "equity.png"
-        if equity.is_file():
-            shutil.copyfile(equity, plots / "equity.png")
-            md += ["", "![equity curves](report_plots/equity.png)"]
-
-    md += ["", "## Stages", "", "| stage | status | seconds |", "|---|---|---|"]
-    for name, rec in manifest.get("stages", {}).items():
-        md.append(f"| {name} | {rec.get('status')} | {rec.get('seconds', '')} |")
-    md += ["", f"Versions: `{json.dumps(manifest.get('versions'))}`", ""]
+    md += _targets_md(targets)
+    sections = [("data", _data_md), ("validation", lambda v: _validation_md(v, plots)),
+                ("teacher", _teacher_md), ("dataset", _dataset_md),
+                ("train", lambda t: _train_md(t, plots)), ("eval", lambda e: _eval_md(e, plots)),
+                ("backtest", lambda b: _backtest_md(b, layout))]
+    for key, section in sections:
+        if numbers[key]:
+            md += section(numbers[key])
+    md += _stages_md(manifest)
 
     # everything a report shows passes the one redaction rule (endpoint URLs, keys)
     files.write_text(layout.report_md, redact("\n".join(md)))

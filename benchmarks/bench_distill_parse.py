@@ -32,7 +32,7 @@ TARGET_ACCURACY, TARGET_WRONG = 0.95, 0.01
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--corpus", type=Path, default=distill_corpus.CORPUS)
-    ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    ap.add_argument("--out", type=Path, default=ROOT / "runs/bench/distill_parse.json")
     ap.add_argument("--failures", action="store_true", help="list the answers read wrong")
     args = ap.parse_args()
 
@@ -66,9 +66,8 @@ def main() -> None:
         for f in result["failures"]:
             print("failure:", f)
     print(json.dumps({k: v for k, v in out.items() if k != "failures"}, indent=1))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(out, indent=1))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":

@@ -202,6 +202,93 @@ def _progress(enabled: bool):
     )
 
 
+def _load_resume(out_dir: Path, cfg: dict, ds: dict, resume: bool) -> dict | None:
+    """The checkpoint to resume from (``last.pt``), its scalers applied to ``ds``; None when
+    not resuming or nothing to resume."""
+    last_path = out_dir / LAST
+    if not (resume and last_path.exists()):
+        return None
+    resumed = ckio.load(last_path)
+    ckio.check_compatible(resumed["config"], cfg, last_path)
+    ds["scaler"], ds["cond_scaler"] = resumed["scaler"], resumed["cond_scaler"]
+    _rescale(ds)
+    return resumed
+
+
+def _build_models(cfg: dict, args: TrainingArgs, device):
+    """Seeded generator, critic, their optimizers, the batch/noise RNG and the EMA copy."""
+    torch.manual_seed(args.seed)
+    gnet, cnet = Generator(cfg).to(device), Critic(cfg).to(device)
+    opt_g = torch.optim.Adam(gnet.parameters(), lr=cfg["lr_g"], betas=(cfg["beta1"], cfg["beta2"]))
+    opt_c = torch.optim.Adam(cnet.parameters(), lr=cfg["lr_c"], betas=(cfg["beta1"], cfg["beta2"]))
+    gen = torch.Generator().manual_seed(args.seed)
+    gema = copy.deepcopy(gnet).requires_grad_(False) if args.ema_decay > 0 else None
+    return gnet, cnet, opt_g, opt_c, gen, gema
+
+
+def _restore(resumed, gnet, cnet, opt_g, opt_c, gen, gema, out_dir: Path):
+    """Load every weight, optimizer and RNG state of ``resumed``; returns (step, best, the
+    metrics rows up to that step)."""
+    gnet.load_state_dict(resumed.get("generator_train", resumed["generator"]))
+    if gema is not None:
+        gema.load_state_dict(resumed["generator"])
+    cnet.load_state_dict(resumed["critic"])
+    opt_g.load_state_dict(resumed["opt_g"])
+    opt_c.load_state_dict(resumed["opt_c"])
+    gen.set_state(resumed["rng"])
+    step = int(resumed["step"])
+    rows: list[dict] = []
+    if (out_dir / METRICS).exists():
+        rows = [json.loads(x) for x in (out_dir / METRICS).read_text().splitlines() if x.strip()]
+        rows = [r for r in rows if r["step"] <= step]
+    return step, float(resumed["best_fidelity"]), rows
+
+
+def _eval_context(ds: dict, cfg: dict) -> dict:
+    """The checkpoint fields ``evaluate_fidelity`` samples with."""
+    return {
+        "scaler": ds["scaler"],
+        "cond_scaler": ds["cond_scaler"],
+        "cond_bank": torch.from_numpy(ds["train"]["cond_raw"]),
+        "config": cfg,
+        "data": {"step_bound": ds["step_bound"], "feature_max": ds["feature_max"]},
+    }
+
+
+def _loss_targets(ds: dict, cfg: dict) -> losses.Targets:
+    """The generator's targets. Volatility clustering: ACF of |r| of all real training
+    windows, computed exactly as the validation metric computes it (fidelity.acf on raw
+    returns)."""
+    from gan_torch.fidelity import acf as np_acf
+
+    acf_lags = min(int(cfg["acf_abs_lags"]), int(cfg["window_bars"]) - 1)
+    return losses.Targets(
+        scaler=ds["scaler"],
+        r_bound=float(ds["step_bound"]) * float(cfg["step_bound_mult"]),
+        acf_abs=torch.tensor(np_acf(np.abs(ds["train"]["raw"][..., 0]), acf_lags)).float(),
+    )
+
+
+def _log_row(step, loss_c, loss_g, c_terms, g_terms, sigma, t0) -> dict:
+    return {
+        "step": step,
+        "loss_c": loss_c.item(),
+        "loss_g": loss_g.item(),
+        **{k: v.item() for k, v in c_terms.items()},
+        **{k: v.item() for k, v in g_terms.items()},
+        "noise_sigma": sigma,
+        "elapsed_s": round(time.perf_counter() - t0, 3),
+    }
+
+
+def _bar_info(row: dict) -> str:
+    nan = float("nan")
+    return (
+        f"C {row.get('loss_c', nan):+.3f} G {row.get('loss_g', nan):+.3f} "
+        f"GP {row.get('gp', nan):.3f}"
+    )
+
+
 def train(
     bars: dict,
     cfg: dict,
@@ -223,36 +310,11 @@ def train(
         torch.set_num_threads(int(cfg["threads"]))
     device = resolve_device(cfg["device"])
     ds = build_dataset(bars, cfg, source=source)
-    last_path = out_dir / LAST
-    resumed = None
-    if resume and last_path.exists():
-        resumed = ckio.load(last_path)
-        ckio.check_compatible(resumed["config"], cfg, last_path)
-        ds["scaler"], ds["cond_scaler"] = resumed["scaler"], resumed["cond_scaler"]
-        ds = _rescale(ds)
-
-    torch.manual_seed(args.seed)
-    gnet, cnet = Generator(cfg).to(device), Critic(cfg).to(device)
-    opt_g = torch.optim.Adam(gnet.parameters(), lr=cfg["lr_g"], betas=(cfg["beta1"], cfg["beta2"]))
-    opt_c = torch.optim.Adam(cnet.parameters(), lr=cfg["lr_c"], betas=(cfg["beta1"], cfg["beta2"]))
-    gen = torch.Generator().manual_seed(args.seed)
-    step, best, fid = 0, float("inf"), float("nan")
-    rows: list[dict] = []
-    gema = copy.deepcopy(gnet).requires_grad_(False) if args.ema_decay > 0 else None
+    resumed = _load_resume(out_dir, cfg, ds, resume)
+    gnet, cnet, opt_g, opt_c, gen, gema = _build_models(cfg, args, device)
+    step, best, fid, rows = 0, float("inf"), float("nan"), []
     if resumed is not None:
-        gnet.load_state_dict(resumed.get("generator_train", resumed["generator"]))
-        if gema is not None:
-            gema.load_state_dict(resumed["generator"])
-        cnet.load_state_dict(resumed["critic"])
-        opt_g.load_state_dict(resumed["opt_g"])
-        opt_c.load_state_dict(resumed["opt_c"])
-        gen.set_state(resumed["rng"])
-        step, best = int(resumed["step"]), float(resumed["best_fidelity"])
-        if (out_dir / METRICS).exists():
-            rows = [
-                json.loads(x) for x in (out_dir / METRICS).read_text().splitlines() if x.strip()
-            ]
-            rows = [r for r in rows if r["step"] <= step]
+        step, best, rows = _restore(resumed, gnet, cnet, opt_g, opt_c, gen, gema, out_dir)
 
     x_train = torch.from_numpy(ds["train"]["x"]).to(device)
     c_train = torch.from_numpy(ds["train"]["cond"]).to(device)
@@ -260,23 +322,8 @@ def train(
     # best.pt candidates: only generators trained past select_from (docs/gan_torch.md)
     select_from = args.select_from_frac * args.steps
     end = args.steps if stop_at is None else min(args.steps, stop_at)
-    ckpt_like = {
-        "scaler": ds["scaler"],
-        "cond_scaler": ds["cond_scaler"],
-        "cond_bank": torch.from_numpy(ds["train"]["cond_raw"]),
-        "config": cfg,
-        "data": {"step_bound": ds["step_bound"], "feature_max": ds["feature_max"]},
-    }
-    # volatility clustering target: ACF of |r| of all real training windows, computed
-    # exactly as the validation metric computes it (fidelity.acf on raw returns)
-    from gan_torch.fidelity import acf as np_acf
-
-    acf_lags = min(int(cfg["acf_abs_lags"]), int(cfg["window_bars"]) - 1)
-    targets = losses.Targets(
-        scaler=ds["scaler"],
-        r_bound=float(ds["step_bound"]) * float(cfg["step_bound_mult"]),
-        acf_abs=torch.tensor(np_acf(np.abs(ds["train"]["raw"][..., 0]), acf_lags)).float(),
-    )
+    ckpt_like = _eval_context(ds, cfg)
+    targets = _loss_targets(ds, cfg)
     t0 = time.perf_counter()
     gnet.train()
     cnet.train()
@@ -304,15 +351,7 @@ def train(
 
             row = None
             if step % args.log_every == 0 or step == end:
-                row = {
-                    "step": step,
-                    "loss_c": loss_c.item(),
-                    "loss_g": loss_g.item(),
-                    **{k: v.item() for k, v in c_terms.items()},
-                    **{k: v.item() for k, v in g_terms.items()},
-                    "noise_sigma": sigma,
-                    "elapsed_s": round(time.perf_counter() - t0, 3),
-                }
+                row = _log_row(step, loss_c, loss_g, c_terms, g_terms, sigma, t0)
             if step % args.eval_every == 0 or step == args.steps:
                 fid = evaluate_fidelity(gnet if gema is None else gema, ds, cfg, ckpt_like, device)
                 row = row or {"step": step}
@@ -322,15 +361,10 @@ def train(
                     save(out_dir / BEST)
             if row is not None:
                 rows.append(row)
-                nan = float("nan")
-                bar.update(
-                    task,
-                    info=f"C {row.get('loss_c', nan):+.3f} G {row.get('loss_g', nan):+.3f} "
-                    f"GP {row.get('gp', nan):.3f}",
-                )
+                bar.update(task, info=_bar_info(row))
             bar.update(task, completed=step)
             if step % args.checkpoint_every == 0 or step == end:
-                save(last_path)
+                save(out_dir / LAST)
                 write_jsonl(out_dir / METRICS, rows)
     if not (out_dir / BEST).exists():
         save(out_dir / BEST)

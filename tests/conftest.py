@@ -14,3 +14,13 @@ def pytest_configure(config):
     if action == "preload" and capman is not None:
         capman.stop_global_capturing()
     ensure_fast_blas()
+
+
+# The tests that take longest, run first: under `make test` (pytest-xdist, one file per worker
+# at a time, in this order) the end-to-end pipeline then runs on one worker beside the rest of
+# the suite on the other, instead of after it.
+FIRST = ("tests/test_pipeline_e2e.py",)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    items.sort(key=lambda item: item.nodeid.split("::")[0] not in FIRST)  # stable: order kept
