@@ -145,15 +145,15 @@ def test_bad_input_names_the_problem_and_writes_nothing(models, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(UserError, match="model directory not found: .*nope"):
         export_hf(tmp_path / "nope", out)
-    other = with_model_type(models["tied"], tmp_path / "gemma3", "gemma3")
-    with pytest.raises(UserError, match=r"config\.json: model_type 'gemma3' is not supported"):
+    other = with_model_type(models["tied"], tmp_path / "phi3", "phi3")
+    with pytest.raises(UserError, match=r"config\.json: model_type 'phi3' is not supported"):
         export_hf(other, out)
     with pytest.raises(UserError, match="unknown dtype 'int8'"):
         export_hf(models["tied"], out, dtype="int8")
     with pytest.raises(UserError, match="must not be the model directory"):
         export_hf(models["tied"], models["tied"])
     assert not out.exists()
-    assert listing(tmp_path) == ["gemma3"]
+    assert listing(tmp_path) == ["phi3"]
 
     old = tmp_path / "old"
     old.mkdir()
