@@ -123,26 +123,9 @@ def plan(cfg: dict[str, Any], run_dir: Path, config_file: Path, source: dict[str
               [answers], [L.split("train"), L.split("valid"), L.split("test")],
               {"distill": sec["distill"]}, "canary-word training data"),
     ]
-    model = merged["finetune"]["base_model"]
-    gguf, q_bits = merged["finetune"]["base_gguf"], merged["finetune"]["base_q_bits"]
-    if gguf:
-        # a pretrained GGUF student (the small preset's SmolLM2), imported once into the run
-        args = [gguf, str(base)] + (["--q-bits", str(q_bits)] if q_bits else [])
-        stages.append(Stage("student-base", "finetune_mlx", "import-gguf", args,
-                            [] if gguf == "smollm2" else [Path(gguf)], [base],
-                            {"gguf": gguf, "q_bits": q_bits}, f"pretrained student imported from {gguf}"))
-        model_inputs = [base]
-        model = str(base)
-    elif not model or Path(model) == base:
-        # the tiny preset builds its own offline student
-        stages.append(Stage("student-base", "finetune_mlx", "build-tiny",
-                            [*c, "--data", str(dataset), "--out", str(base)],
-                            [L.split("train")], [base], {"finetune": sec["finetune"]},
-                            "tiny offline qwen2 student"))
-        model_inputs = [base]
-        model = str(base)
-    else:
-        model_inputs = []
+    student, model = _student_base(merged["finetune"], L, c, sec["finetune"])
+    stages += student
+    model_inputs = [base] if student else []
     test = L.split("test")
     stages += [
         Stage("lora", "finetune_mlx", "lora", [*c, "--model", model, "--data", str(dataset), "--adapter-path", str(adapters)],
@@ -163,6 +146,25 @@ def plan(cfg: dict[str, Any], run_dir: Path, config_file: Path, source: dict[str
     ]
     return stages
 
+
+
+def _student_base(ft: dict[str, Any], L: RunLayout, c: list[str], settings: dict) -> tuple[list[Stage], str]:
+    """The stage that makes the run's own student base, if any, and the base model to tune."""
+    base, model = L.student_base, ft["base_model"]
+    gguf, q_bits = ft["base_gguf"], ft["base_q_bits"]
+    if gguf:
+        # a pretrained GGUF student (the small preset's SmolLM2), imported once into the run
+        args = [gguf, str(base)] + (["--q-bits", str(q_bits)] if q_bits else [])
+        return [Stage("student-base", "finetune_mlx", "import-gguf", args,
+                      [] if gguf == "smollm2" else [Path(gguf)], [base],
+                      {"gguf": gguf, "q_bits": q_bits}, f"pretrained student imported from {gguf}")], str(base)
+    if not model or Path(model) == base:
+        # the tiny preset builds its own offline student
+        return [Stage("student-base", "finetune_mlx", "build-tiny",
+                      [*c, "--data", str(L.dataset), "--out", str(base)],
+                      [L.split("train")], [base], {"finetune": settings},
+                      "tiny offline qwen2 student")], str(base)
+    return [], model
 
 # ---------------------------------------------------------------- fingerprints and manifest
 
