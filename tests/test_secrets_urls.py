@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import apeagent.redact
 from apeagent.redact import MASK, add_url_secrets, redact, split_credentials, url_secrets
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -48,9 +49,11 @@ def test_every_url_credential_is_masked(text, gone, kept):
     assert all(k in out for k in kept), out
 
 
-def test_credentials_quoted_apart_from_their_url_are_masked():
+def test_credentials_quoted_apart_from_their_url_are_masked(monkeypatch):
     """A library may quote a key without its URL (urllib3's path, a provider's echo of it):
     the URL's credentials are registered by the CLI boundary (every argument) and the config."""
+    # the registry is per process: start from an empty one (other tests in this worker add theirs)
+    monkeypatch.setattr(apeagent.redact, "_SECRETS", set())
     url = "http://carol:Pa55w0rdX@127.0.0.1:7/v2/zzkeyzz?token=tok123456"
     assert set(url_secrets(url)) >= {"carol", "Pa55w0rdX", "zzkeyzz", "tok123456"}
     add_url_secrets(f"--rpc-url={url}")
