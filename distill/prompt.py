@@ -183,13 +183,6 @@ def template_system(tokenizer) -> str | None:
     return rest[:cut]
 
 
-def effective_system(tokenizer, messages: list[dict]) -> str | None:
-    """The system prompt the model reads for ``messages``: their own, else the template's."""
-    if messages and messages[0].get("role") == "system":
-        return messages[0]["content"]
-    return template_system(tokenizer)
-
-
 def chat_ids(tokenizer, messages: list[dict]) -> list[int]:
     """The token ids of ``messages`` with the generation prompt: what the student reads."""
     return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=False))

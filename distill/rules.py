@@ -74,49 +74,34 @@ def decide(state: MarketState, cfg: dict) -> dict:
 
 
 def cod_answer(state: MarketState, cfg: dict) -> str:
-    """Chain of Draft: three categorical drafts of at most five words, then ``#### <action>``."""
-    d = decide(state, cfg)
-    lo, hi, trend = _pct(cfg["band_low"]), _pct(cfg["band_high"]), _pct(cfg["trend_pct"])
+    """Chain of Draft: three drafts of at most five words, then ``#### <action>``.
+
+    ``distill.drafts``: ``categorical`` drafts judge each deciding number; ``restated`` ones
+    first copy the number from the prompt, then judge it (a pretrained student copies easily,
+    and the judgement then reads the digits right before it, not a line far back)."""
     drafts = cfg.get("drafts", "categorical")
     if drafts not in DRAFTS:
         raise UserError(f"distill.drafts: unknown {drafts!r} (known: {', '.join(DRAFTS)})")
-    if drafts == "restated":
-        return _restated(d, lo, hi, trend)
-    drafts = [
+    d = decide(state, cfg)
+    lo, hi, trend = _pct(cfg["band_low"]), _pct(cfg["band_high"]), _pct(cfg["trend_pct"])
+    share, change, vol = (
+        (f" {d['share']:.0f}%", f" {d['change']:+.2f}%", f" {d['vol']:.2f}%")
+        if drafts == "restated" else ("", "", "")
+    )
+    lines = [
         {
-            "low": f"ETH share below {lo}",
-            "high": f"ETH share above {hi}",
-            "in": "ETH share in band",
+            "low": f"ETH share{share} below {lo}",
+            "high": f"ETH share{share} above {hi}",
+            "in": f"ETH share{share} in band",
         }[d["band"]],
         {
-            "up": f"change above {trend}",
-            "down": f"change below -{trend}",
-            "flat": "change flat",
+            "up": f"change{change} above {trend}",
+            "down": f"change{change} below -{trend}",
+            "flat": f"change{change} flat",
         }[d["direction"]],
-        "volatility high, half size" if d["high_vol"] else "volatility normal",
+        f"volatility{vol} high, half size" if d["high_vol"] else f"volatility{vol} normal",
     ]
-    return "\n".join(drafts) + f"\n{SEPARATOR} " + format_action(d["decision"], d["amount_eth"])
-
-
-def _restated(d: dict, lo: str, hi: str, trend: str) -> str:
-    """Drafts that restate each deciding number before judging it (``distill.drafts:
-    restated``): a pretrained student copies a number from the prompt easily, and the judgement
-    then reads the digits right before it instead of a line far back in the prompt."""
-    share, change, vol = f"{d['share']:.0f}%", f"{d['change']:+.2f}%", f"{d['vol']:.2f}%"
-    drafts = [
-        {
-            "low": f"ETH share {share} below {lo}",
-            "high": f"ETH share {share} above {hi}",
-            "in": f"ETH share {share} in band",
-        }[d["band"]],
-        {
-            "up": f"change {change} above {trend}",
-            "down": f"change {change} below -{trend}",
-            "flat": f"change {change} flat",
-        }[d["direction"]],
-        f"volatility {vol} high, half size" if d["high_vol"] else f"volatility {vol} normal",
-    ]
-    return "\n".join(drafts) + f"\n{SEPARATOR} " + format_action(d["decision"], d["amount_eth"])
+    return "\n".join(lines) + f"\n{SEPARATOR} " + format_action(d["decision"], d["amount_eth"])
 
 
 def cot_answer(state: MarketState, cfg: dict) -> str:

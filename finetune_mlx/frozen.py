@@ -87,7 +87,6 @@ def cache_dataset(model, dataset, start: int, batch_size: int = 8, on_batch=None
         for row, i in enumerate(idx):
             arr[row, : len(tokens[i])] = tokens[i]
         h = lower_hidden(model, mx.array(arr), start).astype(mx.float32)
-        mx.eval(h)
         for row, i in enumerate(idx):
             hidden[i] = h[row, : len(tokens[i])]
         mx.eval(*[hidden[i] for i in idx])

@@ -207,12 +207,10 @@ def _data(model, tokenizer, splits, args, cfg, num_layers, say) -> dict[str, Any
     cached = {s: frozen.cache_dataset(model, d, start) for s, d in sets.items()}
     say(f"cached the {start} frozen blocks' output for {len(lengths)} examples "
         f"({gib:.2f} GiB, {time.perf_counter() - t0:.0f} s)")
-    weight = cfg["canary_weight"]
-    seqs = canary_token_sequences(tokenizer) if weight != 1.0 else []
-    all_seqs = canary_token_sequences(tokenizer)
+    seqs = canary_token_sequences(tokenizer)  # top_loss weighs them only when weight != 1
     out.update(train=cached["train"], valid=cached["valid"], iterate=frozen.iterate_batches,
-               loss=frozen.top_loss(start, seqs, weight), cached_blocks=start,
-               probe=lambda: frozen.answer_accuracy(model, cached["valid"], start, all_seqs,
+               loss=frozen.top_loss(start, seqs, cfg["canary_weight"]), cached_blocks=start,
+               probe=lambda: frozen.answer_accuracy(model, cached["valid"], start, seqs,
                                                     cfg["batch_size"]))
     return out
 
