@@ -28,21 +28,48 @@ from distill.cache import read_records
 from distill.clean import has_plain_decision
 from distill.config import FORMATS, REBALANCE
 from distill.parse import CANARIES, parse_answer
+from distill.teach import REPORT as TEACHER_REPORT
 
 SPLITS = ("train", "valid", "test")
 REPORT = "dataset_report.json"
 
 
+def asked_keys(answers_path: str | Path) -> set[str] | None:
+    """The keys the last ``ape-distill teach`` into this folder asked (its report's
+    ``item_keys``), or None when no such report sits beside ``answers_path``."""
+    path = Path(answers_path).with_name(TEACHER_REPORT)
+    if not path.is_file():
+        return None
+    try:
+        keys = json.loads(path.read_text()).get("item_keys")
+    except (OSError, ValueError, AttributeError) as e:
+        raise UserError(f"{path}: not a teacher report ({e})") from None
+    if keys is None:
+        return None  # a report written before item_keys existed: every record counts
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise UserError(f"{path}: item_keys is not a list of strings")
+    return set(keys)
+
+
 def accepted_answers(paths: list[str | Path]) -> tuple[list[dict], dict]:
-    """Accepted records, deduplicated by cache key and then by prompt, in window order."""
+    """Accepted records, deduplicated by cache key and then by prompt, in window order.
+
+    The answer cache keeps answers to prompts an earlier run asked (more portfolios per
+    window, other windows): where the teacher report beside a file lists the keys its last
+    run asked, only those count (the rest: ``stats["not asked by the last teach"]``).
+    """
     if not paths:
         raise UserError("no answers file given (--answers)")
     stats = Counter()
     by_key: dict[str, dict] = {}
     for path in paths:
+        asked = asked_keys(path)
         for rec in read_records(path, strict=True):  # a torn last line: a teacher run that was killed
             stats["records"] += 1
             if not rec.get("ok"):
+                continue
+            if asked is not None and rec["key"] not in asked:
+                stats["not asked by the last teach"] += 1
                 continue
             missing = [k for k in ("prompt", "completion", "group", "order") if k not in rec]
             if missing:

@@ -205,6 +205,9 @@ def teach(
         "seconds_this_run": round(elapsed, 3),
         "output_tokens_per_s": gen_tokens / elapsed if elapsed > 0 and generated else None,
         "answers_file": str(out_dir / ANSWERS),
+        # the keys this run asked: `ape-distill dataset` takes only these from answers.jsonl,
+        # which also holds answers to prompts an earlier, larger run asked (the cache)
+        "item_keys": sorted({it.key for it in items}),
     }
     if getattr(teacher, "requests_per_url", None):
         extra["requests_per_url"] = teacher.requests_per_url

@@ -117,6 +117,32 @@ def test_dataset_split_dedup_balance(tmp_path, windows):
     assert set(first) == {"prompt", "completion"}
 
 
+def test_dataset_takes_only_what_the_last_teach_asked(tmp_path, windows):
+    """Fewer portfolios per window after a larger run: the cache keeps the old answers (a later
+    larger run reuses them), but the dataset holds only the prompts the last run asked."""
+    out = tmp_path / "teach"
+    teach(cfg(portfolios_per_window=3), [windows], out)
+    rep = teach(cfg(portfolios_per_window=1), [windows], out)
+    assert rep["items"] == 60 and rep["generated_this_run"] == 0 and len(rep["item_keys"]) == 60
+    assert len(read_records(out / "answers.jsonl")) == 180
+    ds = build_dataset(cfg(), [out / "answers.jsonl"], tmp_path / "ds")
+    assert sum(ds["counts"].values()) == 60 and ds["stats"]["not asked by the last teach"] == 120
+    asked = {json.loads(x)["messages"][1]["content"] for s in ("train", "valid", "test")
+             for x in (tmp_path / "ds" / f"{s}.jsonl").read_text().splitlines()}
+    first = {r["prompt"] for r in read_records(out / "answers.jsonl") if r["portfolio"] == 0}
+    assert asked == first
+    # an answers file with no teacher report beside it (someone else's): every answer counts
+    alone = tmp_path / "alone" / "answers.jsonl"
+    alone.parent.mkdir()
+    alone.write_bytes((out / "answers.jsonl").read_bytes())
+    assert sum(build_dataset(cfg(), [alone], tmp_path / "ds2")["counts"].values()) == 180
+    # a report that is not one: one clear error, nothing written
+    (alone.parent / "teacher_report.json").write_text('{"item_keys": 3}')
+    with pytest.raises(UserError, match="item_keys"):
+        build_dataset(cfg(), [alone], tmp_path / "ds3")
+    assert not (tmp_path / "ds3").exists()
+
+
 def test_dataset_token_length_check(tmp_path, windows):
     from finetune_mlx.tiny import build_tiny
 
