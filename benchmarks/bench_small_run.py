@@ -1,11 +1,13 @@
 """The small run on the shared real swaps: SmolLM2-135M-Instruct LoRA-tuned on the rules teacher,
-timed end to end, and the GAN ablation: the same run with the teacher on real windows only.
+timed end to end; the GAN ablation (the same run with the teacher on real windows only); QLoRA
+(the same run with the student imported 4-bit).
 
-    .venv/bin/python benchmarks/bench_small_run.py                 # both variants
+    .venv/bin/python benchmarks/bench_small_run.py                 # all three variants
     .venv/bin/python benchmarks/bench_small_run.py --variants real+synthetic
 
 Each variant is `scripts/pipeline.py --preset small --swaps <csv>` in its own run folder (the
-real-only one adds `--set distill.synthetic_windows=false`); the held-out test prompts are the
+real-only one adds `--set distill.synthetic_windows=false`, the QLoRA one
+`--set finetune.base_q_bits=4`); the held-out test prompts are the
 same real windows in both (the split's last windows are real). Prints one table, writes JSON
 (--out): wall time and peak RSS of each run, the fused student's agreement with the teacher, the
 best trivial baseline, canary compliance of the base and the fused student, the backtest's final
@@ -27,6 +29,8 @@ REAL_CSV = REPO.parent / "shared/data/base_eth_usdc_v4_swaps.csv"
 VARIANTS = {
     "real+synthetic": [],
     "real only": ["--set", "distill.synthetic_windows=false"],
+    # QLoRA: the student imported 4-bit (MLX affine, group 64), LoRA over the quantised blocks
+    "qlora": ["--set", "finetune.base_q_bits=4"],
 }
 
 
