@@ -22,8 +22,6 @@ import itertools
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def one(cfg: dict, windows: list[Path], tmp: Path) -> dict:
     from distill.dataset import build_dataset, read_split
@@ -63,11 +61,11 @@ def main() -> None:
     run = RunLayout(Path(args.run_dir))
     loaded = C.load(run.config)
     base = C.section(loaded, "distill")
-    windows = [w for w in (run.synthetic_windows, run.real_windows) if w.is_file()]
-    if not base["synthetic_windows"]:
-        windows = [run.real_windows]
-    if run.real_windows not in windows:
+    if not run.real_windows.is_file():
         raise UserError(f"{run.real_windows}: no real windows (run the pipeline --until real-windows)")
+    # as the pipeline's teacher stage reads them: the synthetic windows first, when it uses them
+    synthetic = base["synthetic_windows"] and run.synthetic_windows.is_file()
+    windows = ([run.synthetic_windows] if synthetic else []) + [run.real_windows]
     rows = []
     for trend, frac in itertools.product(args.trend_pct, args.in_band_fraction):
         cfg = dict(base, trend_pct=trend, in_band_fraction=frac)
@@ -91,4 +89,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from apeagent.cli import run_cli
+
+    run_cli(main)  # bad input: one `error:` line, exit 2
