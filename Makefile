@@ -15,6 +15,8 @@ demo: $(STAMP)
 # test file at a time each, in collection order (tests/conftest.py puts the end-to-end pipeline
 # first, so it runs beside the rest): `make test PYTEST_XDIST=` runs in one process.
 PYTEST_XDIST ?= -n 2 --dist loadfile --no-loadscope-reorder
+# the slowest 25 tests are printed: the suite's 15-minute budget is watched in every run
+PYTEST_ARGS ?= --durations=25
 test: $(STAMP)
 	@$(BIN)/python -m pytest $(PYTEST_XDIST) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "error: pytest ran no tests"; exit 1; fi; exit $$rc

@@ -116,11 +116,12 @@ def plan(cfg: dict[str, Any], run_dir: Path, config_file: Path, source: dict[str
         Stage("teacher", "distill", "teach",
               [*c, *(["--windows", str(synthetic)] if with_synthetic else []),
                "--windows", str(real_windows), "--out-dir", str(L.teacher)],
-              [synthetic, real_windows] if with_synthetic else [real_windows], [answers],
+              [synthetic, real_windows] if with_synthetic else [real_windows], [answers, L.teacher_report],
               {"distill": sec["distill"]},
               "teacher answers" + ("" if with_synthetic else " (real windows only)")),
+        # the report's item_keys say which of the cached answers the last teach asked
         Stage("dataset", "distill", "dataset", [*c, "--answers", str(answers), "--out-dir", str(dataset)],
-              [answers], [L.split("train"), L.split("valid"), L.split("test")],
+              [answers, L.teacher_report], [L.split("train"), L.split("valid"), L.split("test")],
               {"distill": sec["distill"]}, "canary-word training data"),
     ]
     student, model = _student_base(merged["finetune"], L, c, sec["finetune"])

@@ -57,15 +57,18 @@ def main() -> None:
     from apeagent.errors import UserError
     from apeagent.files import write_json
     from apeagent.layout import RunLayout
+    from apeagent.pipeline import plan
 
     run = RunLayout(Path(args.run_dir))
     loaded = C.load(run.config)
     base = C.section(loaded, "distill")
-    if not run.real_windows.is_file():
-        raise UserError(f"{run.real_windows}: no real windows (run the pipeline --until real-windows)")
-    # as the pipeline's teacher stage reads them: the synthetic windows first, when it uses them
-    synthetic = base["synthetic_windows"] and run.synthetic_windows.is_file()
-    windows = ([run.synthetic_windows] if synthetic else []) + [run.real_windows]
+    # the windows the pipeline's teacher stage reads for this run's config (its inputs)
+    source = {"kind": "csv", "path": "swaps.csv"}  # the teacher's inputs do not depend on the source
+    teacher = next(s for s in plan(loaded, run.root, run.config, source) if s.name == "teacher")
+    windows = list(teacher.inputs)
+    for w in windows:
+        if not w.is_file():
+            raise UserError(f"{w}: no such windows file (run the pipeline --until real-windows)")
     rows = []
     for trend, frac in itertools.product(args.trend_pct, args.in_band_fraction):
         cfg = dict(base, trend_pct=trend, in_band_fraction=frac)

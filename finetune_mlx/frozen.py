@@ -113,22 +113,37 @@ def iterate_batches(dataset: CachedSet, batch_size, max_seq_length, loop=False, 
     for index_batch, _ in mlx_iterate(_Index(), batch_size, max_seq_length, loop=loop,
                                       seed=seed, comm_group=comm_group):
         idx = [int(row[0]) for row in np.array(index_batch)]
-        width = index_batch.shape[1] - 1  # the model's input length, as in mlx-lm
-        lens = [min(dataset.itemlen(i), max_seq_length, width) for i in idx]
-        firsts = [max(dataset.offsets[i] - 1, 0) for i in idx]
-        span = max(n - f for n, f in zip(lens, firsts, strict=True))
-        span = 8 * -(-span // 8)  # few distinct shapes: fewer recompiles of the step
-        rows, pos, tgt, counted = [], np.zeros((len(idx), span), np.int32), [], []
-        for row, (i, n, f) in enumerate(zip(idx, lens, firsts, strict=True)):
-            h = dataset.hidden[i][:n]
-            rows.append(mx.pad(h, [(0, width - n), (0, 0)]) if n < width else h)
-            full = np.zeros(width + 1, np.int32)
-            full[:n] = dataset.tokens[i][:n]
-            p = np.minimum(f + np.arange(span), width - 1)
-            pos[row] = p
-            tgt.append(full[p + 1])
-            counted.append(np.arange(span) < n - f)
-        yield mx.stack(rows), mx.array(pos), mx.array(np.stack(tgt)), mx.array(np.stack(counted))
+        # the model's input length, as in mlx-lm
+        yield _batch(dataset, idx, index_batch.shape[1] - 1, max_seq_length)
+
+
+def _batch(dataset: CachedSet, idx: list[int], width: int, max_seq_length: int):
+    """Examples ``idx`` as (hidden, positions, targets, counted), inputs padded to ``width``."""
+    lens = [min(dataset.itemlen(i), max_seq_length, width) for i in idx]
+    firsts = [max(dataset.offsets[i] - 1, 0) for i in idx]
+    span = max(n - f for n, f in zip(lens, firsts, strict=True))
+    span = 8 * -(-span // 8)  # few distinct shapes: fewer recompiles of the step
+    rows, pos, tgt, counted = [], np.zeros((len(idx), span), np.int32), [], []
+    for row, (i, n, f) in enumerate(zip(idx, lens, firsts, strict=True)):
+        h = dataset.hidden[i][:n]
+        rows.append(mx.pad(h, [(0, width - n), (0, 0)]) if n < width else h)
+        full = np.zeros(width + 1, np.int32)
+        full[:n] = dataset.tokens[i][:n]
+        p = np.minimum(f + np.arange(span), width - 1)
+        pos[row] = p
+        tgt.append(full[p + 1])
+        counted.append(np.arange(span) < n - f)
+    return mx.stack(rows), mx.array(pos), mx.array(np.stack(tgt)), mx.array(np.stack(counted))
+
+
+def _every_example(dataset: CachedSet, batch_size: int):
+    """Length-sorted batches covering every example once (mlx-lm's drop the last partial one)."""
+    order = sorted(range(len(dataset)), key=dataset.itemlen)
+    for b in range(0, len(order), batch_size):
+        idx = order[b : b + batch_size]
+        # mlx-lm's width: 1 + a multiple of 32 above the longest, less the shifted target
+        width = 32 * -(-max(dataset.itemlen(i) for i in idx) // 32)
+        yield _batch(dataset, idx, width, 1 << 30)
 
 
 def top_logits(model, hidden, pos, start: int):
@@ -144,34 +159,48 @@ def top_logits(model, hidden, pos, start: int):
     return inner.embed_tokens.as_linear(h) if model.args.tie_word_embeddings else model.lm_head(h)
 
 
+def _token_ce(logits, targets, counted, sequences, weight: float) -> mx.array:
+    """Per-token cross-entropy (float32), zero where not counted, canary tokens times ``weight``."""
+    ce = nn.losses.cross_entropy(logits, targets) * counted
+    if weight != 1.0:
+        ce = ce * mx.where(canary_mask(targets, sequences), weight, 1.0).astype(ce.dtype)
+    return ce.astype(mx.float32)
+
+
 def top_loss(start: int, sequences: Sequence[Sequence[int]] = (), weight: float = 1.0) -> Callable:
     """Trainer loss ``(model, hidden, positions, targets, counted) -> (loss, ntoks)``: the
     (canary-weighted) cross-entropy of :mod:`finetune_mlx.canary`, from the cached hidden states."""
     sequences = [list(s) for s in sequences]
 
     def loss(model, hidden, pos, targets, counted):
-        logits = top_logits(model, hidden, pos, start)
-        ce = nn.losses.cross_entropy(logits, targets) * counted
-        if weight != 1.0:
-            ce = ce * mx.where(canary_mask(targets, sequences), weight, 1.0).astype(ce.dtype)
+        ce = _token_ce(top_logits(model, hidden, pos, start), targets, counted, sequences, weight)
         ntoks = counted.sum()
-        return ce.astype(mx.float32).sum() / ntoks, ntoks
+        return ce.sum() / ntoks, ntoks
 
     return loss
 
 
-def answer_accuracy(model, dataset: CachedSet, start: int, sequences, batch_size: int = 8):
-    """Teacher-forced accuracy on ``dataset``: the share of answers whose every token is the
-    model's top choice (exactly the answers greedy decoding reproduces), and the share whose
-    canary tokens are (the decision, given the reference drafts). One forward pass of the
-    adapted blocks per example: cheap enough to run at every validation."""
+def answer_accuracy(model, dataset: CachedSet, start: int, sequences, batch_size: int = 8,
+                    weight: float = 1.0):
+    """The valid set in one forward pass of the adapted blocks per example: its loss (the
+    trainer's: :func:`top_loss` summed over every counted token, divided by their number) and
+    the teacher-forced accuracy, the share of answers whose every token is the model's top
+    choice (exactly the answers greedy decoding reproduces) and the share whose canary tokens
+    are (the decision, given the reference drafts). Cheap enough to run at every validation."""
+    sequences = [list(s) for s in sequences]
     exact = decided = n = 0
-    for hidden, pos, targets, counted in iterate_batches(dataset, batch_size, 1 << 30):
-        hit = mx.argmax(top_logits(model, hidden, pos, start), axis=-1) == targets
+    ce_sum, ntoks = 0.0, 0
+    for hidden, pos, targets, counted in _every_example(dataset, batch_size):
+        logits = top_logits(model, hidden, pos, start)
+        ce = _token_ce(logits, targets, counted, sequences, weight)
+        hit = mx.argmax(logits, axis=-1) == targets
         steps = mx.arange(targets.shape[1])[None, :]
         real = steps < counted.sum(axis=1, keepdims=True) - 1  # not mlx-lm's pad target
         canary = mx.logical_and(canary_mask(targets, sequences), real)
+        ce_sum += float(ce.sum())
+        ntoks += int(counted.sum())
         exact += int(mx.all(mx.logical_or(hit, ~real), axis=1).sum())
         decided += int(mx.all(mx.logical_or(hit, ~canary), axis=1).sum())
         n += targets.shape[0]
-    return {"exact": exact / max(n, 1), "decision": decided / max(n, 1), "n": n}
+    return {"loss": ce_sum / max(ntoks, 1), "exact": exact / max(n, 1),
+            "decision": decided / max(n, 1), "n": n}

@@ -112,7 +112,8 @@ def weights_digest(model) -> str:
 
 class _Recorder:
     """Trainer callback: keeps the reports (mlx-lm's TrainUI already prints them); ``probe``
-    (with the frozen-block cache) adds the valid set's teacher-forced answer accuracy."""
+    (with the frozen-block cache) measures the valid set's loss and teacher-forced answer
+    accuracy in one pass, and its loss replaces the trainer's (then taken on one batch only)."""
 
     def __init__(self, probe=None, say=print):
         self.train: list[dict] = []
@@ -124,9 +125,9 @@ class _Recorder:
 
     def on_val_loss_report(self, info):
         row = {k: float(v) for k, v in info.items()}
-        if self.probe is not None:
+        if self.probe is not None:  # the whole valid set's loss and accuracy, in one pass
             acc = self.probe()
-            row.update(valid_exact=acc["exact"], valid_decision=acc["decision"])
+            row.update(val_loss=acc["loss"], valid_exact=acc["exact"], valid_decision=acc["decision"])
             self.say(f"iter {int(row['iteration'])}: valid answers exact {acc['exact']:.1%}, "
                      f"decision {acc['decision']:.1%} (teacher-forced, {acc['n']} examples)")
         self.val.append(row)
@@ -211,7 +212,7 @@ def _data(model, tokenizer, splits, args, cfg, num_layers, say) -> dict[str, Any
     out.update(train=cached["train"], valid=cached["valid"], iterate=frozen.iterate_batches,
                loss=frozen.top_loss(start, seqs, cfg["canary_weight"]), cached_blocks=start,
                probe=lambda: frozen.answer_accuracy(model, cached["valid"], start, seqs,
-                                                    cfg["batch_size"]))
+                                                    cfg["batch_size"], cfg["canary_weight"]))
     return out
 
 
@@ -290,7 +291,9 @@ def _run(model, data, args, cfg, adapter_dir: Path, say=print) -> dict[str, Any]
     training_args = TrainingArgs(
         batch_size=cfg["batch_size"],
         iters=cfg["iters"],
-        val_batches=cfg["val_batches"],
+        # with a probe the valid loss comes from its own pass over the whole valid set: the
+        # trainer's pass would be a second forward over the same examples (~20 s each time here)
+        val_batches=1 if data.get("probe") else cfg["val_batches"],
         steps_per_report=cfg["steps_per_report"],
         steps_per_eval=cfg["steps_per_eval"],
         steps_per_save=cfg["save_every"],
@@ -305,11 +308,12 @@ def _run(model, data, args, cfg, adapter_dir: Path, say=print) -> dict[str, Any]
               iterate_batches=data["iterate"], training_callback=recorder)
     seconds = time.perf_counter() - t0
     # The trainer's last validation runs before the last step; measure the final weights.
-    final_val = evaluate(model=model, dataset=data["valid"], batch_size=cfg["batch_size"],
-                         num_batches=cfg["val_batches"], max_seq_length=cfg["max_seq_length"],
-                         loss=data["loss"], iterate_batches=data["iterate"])
-    tokens = sum(r["trained_tokens"] for r in recorder.train[-1:])
     final_acc = data["probe"]() if data.get("probe") else None
+    final_val = final_acc["loss"] if final_acc else evaluate(
+        model=model, dataset=data["valid"], batch_size=cfg["batch_size"],
+        num_batches=cfg["val_batches"], max_seq_length=cfg["max_seq_length"],
+        loss=data["loss"], iterate_batches=data["iterate"])
+    tokens = sum(r["trained_tokens"] for r in recorder.train[-1:])
     return {
         "final_valid_accuracy": final_acc,
         "seconds": round(seconds, 2),

@@ -154,3 +154,31 @@ def test_schedule_warmup_then_decay():
     assert lrs[0] == 0.0 and lrs[1] < lrs[2]
     assert lrs[2] == pytest.approx(1e-3, rel=1e-3) and lrs[4] < lrs[3]
     assert lrs[5] == pytest.approx(1e-4, rel=1e-2)
+
+
+def test_cached_training_reports_the_full_models_valid_loss(tmp_path):
+    """With the frozen-block cache the valid loss comes from the accuracy probe's pass, not
+    from the trainer's: it must still be the canary-weighted loss of the trained model (mlx-lm's
+    evaluate, full model, adapters loaded) over every valid example."""
+    import types
+
+    from mlx_lm.tuner.datasets import CacheDataset, create_dataset
+    from mlx_lm.tuner.trainer import evaluate
+
+    from finetune_mlx.canary import canary_token_sequences, weighted_loss
+
+    data, base = shared_tiny()
+    ad = tmp_path / "adapters"
+    cfg = train_cfg(iters=4, num_layers=1, cache_frozen=True, canary_weight=3.0)
+    report = train(base, data, ad, cfg, say=lambda _m: None)
+    assert report["cached_frozen_blocks"] > 0
+    assert [r["iteration"] for r in report["val_log"]] and all(
+        "valid_decision" in r for r in report["val_log"])
+    model, tok = mlx_lm.load(str(base), adapter_path=str(ad))
+    ns = types.SimpleNamespace(**json.loads((ad / "adapter_config.json").read_text()))
+    rows = [json.loads(line) for line in (data / "valid.jsonl").read_text().splitlines()]
+    valid = CacheDataset(create_dataset(rows, tok, ns))
+    full = evaluate(model=model, dataset=valid, batch_size=1, num_batches=-1,
+                    max_seq_length=cfg["max_seq_length"],
+                    loss=weighted_loss(canary_token_sequences(tok), 3.0))
+    assert report["final_val_loss"] == pytest.approx(float(full), rel=1e-4)

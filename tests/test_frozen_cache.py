@@ -93,3 +93,22 @@ def test_teacher_forced_accuracy_marks_what_greedy_decoding_reproduces():
     toks = toks[:-3] + [(toks[-3] + 1) % VOCAB] + toks[-2:]
     broken = frozen.cache_dataset(model, [(toks, offset), *examples[1:]], start)
     assert frozen.answer_accuracy(model, broken, start, CANARY, batch_size=4)["exact"] == 0.75
+
+
+def test_the_one_pass_valid_loss_is_the_trainers():
+    """answer_accuracy's loss (the valid curve's, taken in the same pass as the accuracy) is
+    what mlx-lm's evaluate gives with the cached loss over the whole set, canary weight and all."""
+    from mlx_lm.tuner.trainer import evaluate
+
+    model = _model(seed=2)
+    start = LAYERS - ADAPTED
+    cached = frozen.cache_dataset(model, _examples(7, seed=4), start)
+    # batch 1: mlx-lm's batches then hold every example (they drop a last partial batch)
+    trainer = evaluate(model=model, dataset=cached, batch_size=1, num_batches=-1,
+                       max_seq_length=4096, loss=frozen.top_loss(start, CANARY, 2.5),
+                       iterate_batches=frozen.iterate_batches)
+    ours = frozen.answer_accuracy(model, cached, start, CANARY, batch_size=3, weight=2.5)
+    assert ours["loss"] == pytest.approx(float(trainer), rel=1e-5)
+    assert ours["n"] == 7  # 3 + 3 + 1: the last, partial batch counts too
+    unweighted = frozen.answer_accuracy(model, cached, start, CANARY, batch_size=3)["loss"]
+    assert abs(unweighted - ours["loss"]) > 1e-3

@@ -114,3 +114,23 @@ def test_real_windows_for_the_teacher_follow_the_distill_cut(tmp_path):
     other = next(s for s in plan(cfg, tmp_path, tmp_path / "c.yaml", source) if s.name == "real-windows")
     assert other.args[other.args.index("--stride") + 1] == "0"  # 0: window_bars, no overlap
     assert settings_hash(other) != settings_hash(stage)
+
+
+def test_the_teacher_report_is_an_output_of_teach_and_an_input_of_dataset(tmp_path):
+    """The dataset keeps only the answers the report's item_keys name: a run whose report is
+    gone (or edited) must teach and build the dataset again, not read the whole answer cache."""
+    from apeagent.config import load
+    from apeagent.layout import RunLayout
+    from apeagent.pipeline import is_current, plan
+
+    source = {"kind": "csv", "path": str(tmp_path / "swaps.csv")}
+    stages = {s.name: s for s in plan(load("tiny"), tmp_path, tmp_path / "c.yaml", source)}
+    report = RunLayout(tmp_path).teacher_report
+    assert report in stages["teacher"].outputs and report in stages["dataset"].inputs
+    report.parent.mkdir(parents=True)
+    (report.parent / "answers.jsonl").write_text("{}\n")
+    report.write_text('{"item_keys": ["a"]}')
+    rec = _record(stages["dataset"])
+    assert is_current(stages["dataset"], rec)
+    report.write_text('{"item_keys": ["a", "b"]}')
+    assert not is_current(stages["dataset"], rec)
