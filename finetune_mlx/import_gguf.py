@@ -19,8 +19,9 @@ import hashlib
 import json
 import shutil
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from apeagent.errors import UserError
 from apeagent.files import atomic_dir, check_output
