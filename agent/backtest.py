@@ -233,7 +233,7 @@ def _report(rows, held, tl, cfg, source, input_path, first_price, elapsed_s) -> 
 
 
 SETTINGS = ("initial_value_usdc", "initial_eth_share", "default_trade_fraction", "max_trade_eth",
-            "gas_units", "gas_price_gwei", "rebalance_band_pct", "stateful")
+            "gas_units", "gas_price_gwei", "rebalance_band_pct", "stateful", "prompt_cache")
 
 
 def _policy_metrics(b: dict, policy) -> dict[str, Any]:

@@ -223,6 +223,13 @@ def _decision(policy, text: str, prompt_tokens: int, answer_tokens: int, latency
     return d
 
 
+# two market states with no digit in common: their prompts share exactly the fixed head
+_PROBE_STATES = (
+    MarketState(1111.11, 1.11, 11, 1.1, 1111.0, 1.11, 11, 1.1111, 111.11, 11),
+    MarketState(2222.22, -2.22, -22, 2.2, 2222.0, 2.22, 22, 2.2222, 222.22, 22),
+)
+
+
 class ModelPolicy:
     """An MLX model (student, or an MLX teacher with ``plain=True``) answering the prompt."""
 
@@ -239,6 +246,7 @@ class ModelPolicy:
         context_tokens: int = 384,
         history_trades: int = 6,
         plain: bool = False,
+        prompt_cache: bool = False,
         log=None,
     ):
         self.model, self.tokenizer = load_model(model, adapter)
@@ -251,6 +259,12 @@ class ModelPolicy:
         self.history_trades = history_trades
         self.plain = plain
         self.log = log  # callable(dict) receiving unparseable answers with their raw text
+        self.prefix = None
+        if prompt_cache:  # the prompt's fixed head: what two states with no digit in common share
+            from finetune_mlx.model_dir import PrefixCache, common_prefix
+
+            heads = [self.fit(s, None)[1] for s in (_PROBE_STATES)]
+            self.prefix = PrefixCache(self.model, common_prefix(heads))
 
     def messages(self, state: MarketState, history: History | None) -> tuple[list[int], int]:
         """Token ids of the chat (fitted to the context) and the number of detailed trades."""
@@ -279,7 +293,7 @@ class ModelPolicy:
         from finetune_mlx.model_dir import answer  # the one greedy answer (eval uses it too)
 
         chat, ids, detail = self.fit(state, history)
-        out = answer(self.model, self.tokenizer, chat, self.max_tokens)
+        out = answer(self.model, self.tokenizer, ids, self.max_tokens, prefix=self.prefix)
         return _decision(self, out["text"], len(ids), out["tokens"], out["latency_s"], detail, state)
 
 
@@ -372,12 +386,13 @@ def make_policy(kind: str, cfg: dict, distill_cfg: dict, log=None):
         history_trades=cfg["history_trades"],
         log=log,
     )
+    model_only = dict(prompt_cache=cfg["prompt_cache"])  # an MLX model's own setting
     if kind == "student" and cfg["endpoint"]:
         return EndpointPolicy(cfg["endpoint"], cfg["model"], cfg, name="student",
                               system=distill_cfg["include_system"], log=log)
     if kind == "student":
         return ModelPolicy(cfg["model"], cfg["adapter"], name="student",
-                           system=distill_cfg["include_system"], **common)
+                           system=distill_cfg["include_system"], **common, **model_only)
     if kind == "teacher":  # an MLX teacher model (answers may use plain trading words)
-        return ModelPolicy(cfg["teacher"], "", name="teacher", plain=True, **common)
+        return ModelPolicy(cfg["teacher"], "", name="teacher", plain=True, **common, **model_only)
     raise UserError(f"unknown policy {kind!r} (known: student, rules, teacher, hold, rebalance)")

@@ -225,19 +225,71 @@ def load(model_dir: str | Path, adapter_dir: str | Path | None = None):
         raise UserError(f"{where}: {e}") from None
 
 
+def common_prefix(seqs: list[list[int]]) -> list[int]:
+    """The longest run of token ids every sequence starts with."""
+    first = list(seqs[0]) if seqs else []
+    n = min((len(s) for s in seqs), default=0)
+    for i in range(n):
+        if any(s[i] != first[i] for s in seqs):
+            return first[:i]
+    return first[:n]
+
+
+class PrefixCache:
+    """mlx-lm's prompt cache holding the keys and values of a fixed prompt prefix (the system
+    prompt and the fixed head of the user prompt): a prompt that starts with those token ids
+    prefills only its rest, and after the answer the cache is trimmed back to the prefix. A
+    prompt that does not start with them is answered without it (the ids are compared, never
+    assumed). Prefilling in two parts can flip a near-tie token, rarely; bench_agent_backtest
+    counts the decisions that differ."""
+
+    def __init__(self, model, prefix: list[int]):
+        import mlx.core as mx
+        from mlx_lm.models.cache import can_trim_prompt_cache, make_prompt_cache
+
+        self.cache = make_prompt_cache(model)
+        self.ids = list(prefix) if can_trim_prompt_cache(self.cache) else []
+        self.hits = self.misses = 0
+        if self.ids:
+            model(mx.array([self.ids]), cache=self.cache)
+            mx.eval([c.state for c in self.cache])
+
+    def split(self, ids: list[int]) -> tuple[list[int], list | None]:
+        """(the ids left to prefill, the cache to prefill them into, or None: no cache)."""
+        n = len(self.ids)
+        if n and len(ids) > n and list(ids[:n]) == self.ids:
+            self.hits += 1
+            return list(ids[n:]), self.cache
+        self.misses += 1
+        return list(ids), None
+
+    def rewind(self) -> None:
+        from mlx_lm.models.cache import trim_prompt_cache
+
+        trim_prompt_cache(self.cache, self.cache[0].offset - len(self.ids))
+
+
 def answer(
-    model, tokenizer, prompt: list[dict] | list[int], max_tokens: int, sampler=None
+    model, tokenizer, prompt: list[dict] | list[int], max_tokens: int, sampler=None,
+    prefix: PrefixCache | None = None,
 ) -> dict[str, Any]:
     """One answer (greedy unless ``sampler``) to chat messages or prompt token ids, with its
-    token count, tokens/s, latency and finish reason."""
+    token count, tokens/s, latency and finish reason; ``prefix``: the cached prefix's keys and
+    values are reused when the prompt starts with it."""
     from mlx_lm import stream_generate
 
     if prompt and isinstance(prompt[0], dict):
         prompt = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_dict=False)
+    rest, cache = prefix.split(prompt) if prefix is not None else (prompt, None)
     text, last = "", None
     t0 = time.perf_counter()
-    for last in stream_generate(model, tokenizer, prompt, max_tokens=max_tokens, sampler=sampler):
-        text += last.text
+    try:
+        for last in stream_generate(model, tokenizer, rest, max_tokens=max_tokens, sampler=sampler,
+                                    prompt_cache=cache):
+            text += last.text
+    finally:
+        if cache is not None:
+            prefix.rewind()
     return {
         "text": text,
         "tokens": last.generation_tokens if last else 0,

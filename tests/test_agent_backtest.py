@@ -352,3 +352,37 @@ def test_student_without_system_prompt_when_trained_without_one(student):
     assert "<|im_start|>system" in texts[True]
     assert "<|im_start|>system" not in texts[False]
     assert texts[False].startswith("<|im_start|>user") and texts[True].endswith(texts[False])
+
+
+def test_prompt_cache_of_the_fixed_head_answers_as_without_it(student):
+    """agent.prompt_cache: the prompt's fixed head (system prompt, first line) is prefilled
+    once; each decision prefills only the rest, then the cache is trimmed back to the head.
+    The same states get the same answers, token for token, and a prompt that does not start
+    with the head (history between system and state) is answered without the cache."""
+    import random
+
+    from finetune_mlx.model_dir import answer
+
+    rng = random.Random(7)
+    states = [MarketState(rng.uniform(2500, 3500), rng.uniform(-1.5, 1.5), rng.randint(-150, 150),
+                          rng.uniform(1, 300), rng.uniform(1e3, 1e6), rng.uniform(0.1, 2),
+                          rng.randint(1, 900), rng.uniform(0, 3), rng.uniform(0, 9000), 60)
+              for _ in range(4)]
+    cached = ModelPolicy(str(student), max_tokens=12, prompt_cache=True)
+    plain = ModelPolicy(str(student), max_tokens=12)
+    head = cached.tokenizer.decode(cached.prefix.ids)
+    assert head.endswith("ETH/USDC, last ") and cached.system in head
+    for s in states:
+        ids = plain.messages(s, None)[0]
+        want = answer(plain.model, plain.tokenizer, ids, 12)["text"]
+        assert answer(cached.model, cached.tokenizer, ids, 12, prefix=cached.prefix)["text"] == want
+        assert cached.prefix.cache[0].offset == len(cached.prefix.ids)  # trimmed back
+    assert cached.prefix.hits == len(states) and cached.prefix.misses == 0
+    h = History(start_value_usdc=6000.0)
+    h.add(Trade(1_700_000_000, "APE IN", 0.1, 2990.0))
+    stateful = ModelPolicy(str(student), max_tokens=12, stateful=True, context_tokens=4096)
+    ids = stateful.messages(states[0], h)[0]
+    want = answer(plain.model, plain.tokenizer, ids, 12)["text"]
+    assert answer(cached.model, cached.tokenizer, ids, 12, prefix=cached.prefix)["text"] == want
+    assert cached.prefix.misses == 1
+    assert cached.decide(states[1]).raw == plain.decide(states[1]).raw
