@@ -4,14 +4,17 @@ timed end to end; the GAN ablation (the same run with the teacher on real window
 
     .venv/bin/python benchmarks/bench_small_run.py                 # all three variants
     .venv/bin/python benchmarks/bench_small_run.py --variants real+synthetic
+    .venv/bin/python benchmarks/bench_small_run.py --merge A.json B.json --out runs/bench/small_run.json
 
 Each variant is `scripts/pipeline.py --preset small --swaps <csv>` in its own run folder (the
 real-only one adds `--set distill.synthetic_windows=false`, the QLoRA one
 `--set finetune.base_q_bits=4`); the held-out test prompts are the
 same real windows in both (the split's last windows are real). Prints one table, writes JSON
 (--out): wall time and peak RSS of each run, the fused student's agreement with the teacher, the
-best trivial baseline, canary compliance of the base and the fused student, the backtest's final
-values, and the stage times from each run's manifest.
+best trivial baseline, canary compliance of the base and the fused student, the backtest's returns,
+and the stage times from each run's manifest; beside the JSON the same table as markdown
+(``.md``) and the valid learning curve of every variant (``.png``). ``--merge`` renders the
+rows of earlier outputs together without running anything.
 """
 
 from __future__ import annotations
@@ -71,44 +74,116 @@ def run_variant(name: str, run_dir: Path, extra: list[str]) -> dict:
     return row
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--out", default="runs/bench/small_run.json")
-    p.add_argument("--run-root", default="runs/bench-small")
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    args = p.parse_args()
+def pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def ret(r: dict, policy: str) -> str:
+    b = (r.get("backtest") or {}).get(policy) or {}
+    if b.get("return_pct") is None:
+        return "-"
+    trades = f" ({b['trades']} trades)" if b.get("trades") else ""
+    return f"{b['return_pct']:+.3f}%{trades}"
+
+
+COLUMNS = ("variant", "minutes", "peak RSS MiB", "LoRA s", "fused agreement", "best trivial",
+           "margin", "canary", "base canary", "base plain", "backtest student", "backtest rules",
+           "backtest hold")
+
+
+def cells(r: dict) -> list[str]:
+    lora = (r.get("stages") or {}).get("lora")
+    return [r["variant"], f"{r['seconds'] / 60:.1f}", f"{r['peak_rss_mib']:.0f}",
+            "-" if lora is None else f"{lora:.0f}",
+            pct(r.get("agreement")), pct(r.get("best_trivial")),
+            "-" if r.get("margin_points") is None else f"{r['margin_points']:+.1f}",
+            pct(r.get("canary")), pct(r.get("base_canary")), pct(r.get("base_plain_agreement")),
+            ret(r, "student"), ret(r, "rules"), ret(r, "hold")]
+
+
+def render(rows: list[dict], out: Path) -> None:
+    """The table (terminal and ``out``.md) and the valid curves of every variant (``out``.png)."""
     from rich.console import Console
     from rich.table import Table
 
+    from apeagent.files import write_text
+
+    table = Table(title="small run (SmolLM2-135M-Instruct, real CSV)")
+    for c in COLUMNS:
+        table.add_column(c, justify="right")
+    for r in rows:
+        table.add_row(*cells(r))
+    Console().print(table)
+    md = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    md += ["| " + " | ".join(cells(r)) + " |" for r in rows]
+    md += ["", "Commands:", ""] + [f"- {r['variant']}: `{r['command']}`" for r in rows]
+    write_text(out.with_suffix(".md"), "\n".join(md) + "\n")
+    curves = [r for r in rows if r.get("valid_curve")]
+    if curves:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        from apeagent.files import atomic_path
+
+        fig, ax = plt.subplots(figsize=(6.5, 3.6))
+        for r in curves:
+            c = [v for v in r["valid_curve"] if v.get("valid_decision") is not None]
+            label = f"{r['variant']} (test {pct(r.get('agreement'))})"
+            ax.plot([v["iteration"] for v in c], [100 * v["valid_decision"] for v in c], "o-", label=label)
+        bests = {r.get("best_trivial") for r in curves} - {None}
+        if bests:  # each variant's own train split picks its rule: the highest is drawn
+            many = " (highest of the variants)" if len(bests) > 1 else ""
+            ax.axhline(100 * max(bests), color="grey", ls=":",
+                       label=f"best one-number rule {pct(max(bests))}{many}")
+        ax.set_xlabel("LoRA iteration")
+        ax.set_ylabel("valid decision agreement, %")
+        ax.set_ylim(0, 105)
+        ax.set_title("small run: the student learns the teacher's decision")
+        ax.legend(fontsize=7, loc="lower right")
+        fig.tight_layout()
+        with atomic_path(out.with_suffix(".png")) as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
+        plt.close(fig)
+    print(f"wrote {out.with_suffix('.md')}" + (f", {out.with_suffix('.png')}" if curves else ""))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/bench/small_run.json")
+    p.add_argument("--run-root", default="runs/bench-small")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
+                   help="run nothing: the rows of these earlier outputs, in one table and plot")
+    args = p.parse_args()
+    from apeagent.errors import UserError, reading
     from apeagent.files import write_json
 
+    out = Path(args.out)
+    if args.merge:
+        rows = []
+        for path in args.merge:
+            with reading(path, "--merge", extra=(json.JSONDecodeError,)):
+                got = json.loads(path.read_text())
+            if not isinstance(got, dict) or not isinstance(got.get("runs"), list):
+                raise UserError(f"{path}: not an output of bench_small_run.py (no 'runs' list)")
+            rows += got["runs"]
+        write_json(out, {"csv": str(REAL_CSV), "merged": [str(m) for m in args.merge], "runs": rows})
+        render(rows, out)
+        return
     rows = []
     for name in args.variants:
         folder = Path(args.run_root) / name.replace(" ", "-").replace("+", "-")
         rows.append(run_variant(name, folder, VARIANTS[name]))
-        write_json(args.out, {"csv": str(REAL_CSV), "runs": rows})
-
-    def pct(x):
-        return "-" if x is None else f"{100 * x:.1f}%"
-
-    table = Table(title="small run (SmolLM2-135M-Instruct, real CSV)")
-    for c in ("variant", "minutes", "peak RSS MiB", "fused agreement", "best trivial", "margin",
-              "canary", "base canary", "base plain"):
-        table.add_column(c, justify="right")
-    for r in rows:
-        table.add_row(r["variant"], f"{r['seconds'] / 60:.1f}", f"{r['peak_rss_mib']:.0f}",
-                      pct(r.get("agreement")), pct(r.get("best_trivial")),
-                      "-" if r.get("margin_points") is None else f"{r['margin_points']:+.1f}",
-                      pct(r.get("canary")), pct(r.get("base_canary")),
-                      pct(r.get("base_plain_agreement")))
-    Console().print(table)
-    for r in rows:
-        if r.get("backtest"):
-            Console().print(f"{r['variant']}: backtest final values {r['backtest']}")
-    print(f"wrote {args.out}")
+        write_json(out, {"csv": str(REAL_CSV), "runs": rows})
+    render(rows, out)
+    print(f"wrote {out}")
     if any(r["exit"] for r in rows):
         sys.exit(1)
 
 
 if __name__ == "__main__":
-    main()
+    from apeagent.cli import run_cli
+
+    run_cli(main)  # bad input: one `error:` line, exit 2
