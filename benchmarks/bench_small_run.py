@@ -14,7 +14,10 @@ same real windows in both (the split's last windows are real). Prints one table,
 best trivial baseline, canary compliance of the base and the fused student, the backtest's returns,
 and the stage times from each run's manifest; beside the JSON the same table as markdown
 (``.md``) and the valid learning curve of every variant (``.png``). ``--merge`` renders the
-rows of earlier outputs together without running anything.
+rows of earlier outputs together without running anything. The real-only dataset is smaller,
+so its test split is the last part of the others': every fused student is also scored on the
+test prompts all variants hold out (``common_test``: one ``ape-finetune eval`` each), the
+like-for-like comparison of the ablation.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ def run_variant(name: str, run_dir: Path, extra: list[str]) -> dict:
     rc = subprocess.call(cmd, cwd=REPO)
     seconds = time.perf_counter() - t0
     peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    row = {"variant": name, "command": " ".join(cmd[1:]), "exit": rc, "seconds": round(seconds, 1),
+    row = {"variant": name, "command": " ".join(cmd[1:]), "run_dir": str(run_dir), "exit": rc,
+           "seconds": round(seconds, 1),
            # the largest child so far (a later variant reports its own only if it is larger)
            "peak_rss_mib": round(max(peak_kib, before) / 1024, 1)}
     if rc:
@@ -74,6 +78,39 @@ def run_variant(name: str, run_dir: Path, extra: list[str]) -> dict:
     return row
 
 
+def common_test(rows: list[dict], out: Path) -> None:
+    """Every finished variant's fused student on the test prompts all of them hold out (the
+    real-only dataset is smaller, so its test split is the last part of the others'), scored
+    by ``ape-finetune eval`` as the pipeline scores it: ``row["common_test"]``."""
+    from apeagent.files import write_jsonl
+
+    done = [r for r in rows if r.get("exit") == 0 and r.get("run_dir")]
+    if len(done) < 2:
+        return
+
+    def prompt(ex: dict) -> str:
+        return json.dumps(ex["messages"][:-1], sort_keys=True)
+
+    tests = {r["variant"]: [json.loads(line) for line in
+                            (Path(r["run_dir"]) / "dataset" / "test.jsonl").read_text().splitlines()]
+             for r in done}
+    common = set.intersection(*({prompt(e) for e in t} for t in tests.values()))
+    test_file = out.with_name(out.stem + "_common_test.jsonl")
+    write_jsonl(test_file, [e for e in tests[done[0]["variant"]] if prompt(e) in common])
+    for r in done:
+        run = Path(r["run_dir"])
+        ev = out.with_name(f"{out.stem}_common_eval_{run.name}.json")
+        subprocess.run([sys.executable, "-m", "finetune_mlx", "eval", "-c", str(run / "config.yaml"),
+                        "--run-dir", str(run), "--fused", str(run / "student" / "fused"),
+                        "--test-file", str(test_file), "--train-file", str(run / "dataset" / "train.jsonl"),
+                        "--no-base", "--out", str(ev)], cwd=REPO, check=True)
+        e = json.loads(ev.read_text())
+        r["common_test"] = {"file": str(test_file), "n": e["n"],
+                            "agreement": e["variants"]["fused"]["decision_agreement"],
+                            "canary": e["variants"]["fused"]["canary_compliance"],
+                            "best_trivial": e["comparison"]["best_trivial_agreement"]}
+
+
 def pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
@@ -86,17 +123,18 @@ def ret(r: dict, policy: str) -> str:
     return f"{b['return_pct']:+.3f}%{trades}"
 
 
-COLUMNS = ("variant", "minutes", "peak RSS MiB", "LoRA s", "fused agreement", "best trivial",
-           "margin", "canary", "base canary", "base plain", "backtest student", "backtest rules",
-           "backtest hold")
+COLUMNS = ("variant", "minutes", "peak RSS MiB", "LoRA s", "fused agreement (test n)",
+           "best trivial", "margin", "on the common test (n)", "canary", "base canary",
+           "base plain", "backtest student", "backtest rules", "backtest hold")
 
 
 def cells(r: dict) -> list[str]:
     lora = (r.get("stages") or {}).get("lora")
     return [r["variant"], f"{r['seconds'] / 60:.1f}", f"{r['peak_rss_mib']:.0f}",
             "-" if lora is None else f"{lora:.0f}",
-            pct(r.get("agreement")), pct(r.get("best_trivial")),
+            f"{pct(r.get('agreement'))} ({r.get('test_n', '-')})", pct(r.get("best_trivial")),
             "-" if r.get("margin_points") is None else f"{r['margin_points']:+.1f}",
+            f"{pct(r['common_test']['agreement'])} ({r['common_test']['n']})" if r.get("common_test") else "-",
             pct(r.get("canary")), pct(r.get("base_canary")), pct(r.get("base_plain_agreement")),
             ret(r, "student"), ret(r, "rules"), ret(r, "hold")]
 
@@ -168,7 +206,12 @@ def main() -> None:
                 got = json.loads(path.read_text())
             if not isinstance(got, dict) or not isinstance(got.get("runs"), list):
                 raise UserError(f"{path}: not an output of bench_small_run.py (no 'runs' list)")
-            rows += got["runs"]
+            for r in got["runs"]:  # older outputs name the run folder only in the command
+                cmd = r.get("command", "").split()
+                if "run_dir" not in r and "--run-dir" in cmd:
+                    r["run_dir"] = cmd[cmd.index("--run-dir") + 1]
+                rows.append(r)
+        common_test(rows, out)
         write_json(out, {"csv": str(REAL_CSV), "merged": [str(m) for m in args.merge], "runs": rows})
         render(rows, out)
         return
@@ -177,6 +220,8 @@ def main() -> None:
         folder = Path(args.run_root) / name.replace(" ", "-").replace("+", "-")
         rows.append(run_variant(name, folder, VARIANTS[name]))
         write_json(out, {"csv": str(REAL_CSV), "runs": rows})
+    common_test(rows, out)
+    write_json(out, {"csv": str(REAL_CSV), "runs": rows})
     render(rows, out)
     print(f"wrote {out}")
     if any(r["exit"] for r in rows):
