@@ -218,11 +218,15 @@ def load(model_dir: str | Path, adapter_dir: str | Path | None = None):
     model_dir = check_model_dir(model_dir)
     if adapter_dir is not None:
         check_adapter(adapter_dir, model_dir)
+    from finetune_mlx.quant_cpu import use_sgemm
+
     try:
-        return mlx_lm.load(str(model_dir), adapter_path=str(adapter_dir) if adapter_dir else None)
+        model, tokenizer = mlx_lm.load(str(model_dir), adapter_path=str(adapter_dir) if adapter_dir else None)
     except ValueError as e:
         where = adapter_dir if adapter_dir is not None else model_dir
         raise UserError(f"{where}: {e}") from None
+    use_sgemm(model)  # a quantized model on the CPU: prefill at sgemm speed
+    return model, tokenizer
 
 
 def common_prefix(seqs: list[list[int]]) -> list[int]:

@@ -30,6 +30,7 @@ from distill.dataset import check_lengths, load_splits
 from finetune_mlx import frozen
 from finetune_mlx.canary import canary_token_sequences, make_loss
 from finetune_mlx.model_dir import arch_of, check_model_dir, fingerprint
+from finetune_mlx.quant_cpu import use_sgemm
 
 FINE_TUNE_TYPES = ("lora", "dora", "full")
 OPTIMIZERS = {"adam": optim.Adam, "adamw": optim.AdamW, "sgd": optim.SGD, "adafactor": optim.Adafactor}
@@ -237,6 +238,7 @@ def train(
     mx.random.seed(cfg["seed"])
     np.random.seed(cfg["seed"])
     model, tokenizer = mlx_load(str(model_dir))
+    use_sgemm(model)  # a quantized (QLoRA) base on the CPU: wide inputs at sgemm speed
     num_layers = _check_model(model, tokenizer, model_dir, data_dir, splits, cfg, resume_adapter_file)
 
     # Nothing is written before here: every check above can still fail.
