@@ -206,7 +206,17 @@ def _data(model, tokenizer, splits, args, cfg, num_layers, say) -> dict[str, Any
             "training runs the full model")
         return out
     t0 = time.perf_counter()
-    cached = {s: frozen.cache_dataset(model, d, start) for s, d in sets.items()}
+    done, total, shown = 0, len(lengths), [0]
+
+    def progress(n: int) -> None:  # a line per tenth: the cache can take minutes
+        nonlocal done
+        done += n
+        if 10 * done // total > shown[0] and done < total:
+            shown[0] = 10 * done // total
+            left = (time.perf_counter() - t0) * (total - done) / done
+            say(f"caching the {start} frozen blocks: {done}/{total} examples, ~{left:.0f} s left")
+
+    cached = {s: frozen.cache_dataset(model, d, start, on_batch=progress) for s, d in sets.items()}
     say(f"cached the {start} frozen blocks' output for {len(lengths)} examples "
         f"({gib:.2f} GiB, {time.perf_counter() - t0:.0f} s)")
     seqs = canary_token_sequences(tokenizer)  # top_loss weighs them only when weight != 1
