@@ -263,7 +263,7 @@ class ModelPolicy:
         if prompt_cache:  # the prompt's fixed head: what two states with no digit in common share
             from finetune_mlx.model_dir import PrefixCache, common_prefix
 
-            heads = [self.fit(s, None)[1] for s in (_PROBE_STATES)]
+            heads = [self.fit(s, None)[1] for s in _PROBE_STATES]
             self.prefix = PrefixCache(self.model, common_prefix(heads))
 
     def messages(self, state: MarketState, history: History | None) -> tuple[list[int], int]:
@@ -386,13 +386,14 @@ def make_policy(kind: str, cfg: dict, distill_cfg: dict, log=None):
         history_trades=cfg["history_trades"],
         log=log,
     )
-    model_only = dict(prompt_cache=cfg["prompt_cache"])  # an MLX model's own setting
     if kind == "student" and cfg["endpoint"]:
         return EndpointPolicy(cfg["endpoint"], cfg["model"], cfg, name="student",
                               system=distill_cfg["include_system"], log=log)
     if kind == "student":
         return ModelPolicy(cfg["model"], cfg["adapter"], name="student",
-                           system=distill_cfg["include_system"], **common, **model_only)
+                           system=distill_cfg["include_system"],
+                           prompt_cache=cfg["prompt_cache"], **common)
     if kind == "teacher":  # an MLX teacher model (answers may use plain trading words)
-        return ModelPolicy(cfg["teacher"], "", name="teacher", plain=True, **common, **model_only)
+        return ModelPolicy(cfg["teacher"], "", name="teacher", plain=True,
+                           prompt_cache=cfg["prompt_cache"], **common)
     raise UserError(f"unknown policy {kind!r} (known: student, rules, teacher, hold, rebalance)")

@@ -206,13 +206,13 @@ def _data(model, tokenizer, splits, args, cfg, num_layers, say) -> dict[str, Any
             "training runs the full model")
         return out
     t0 = time.perf_counter()
-    done, total, shown = 0, len(lengths), [0]
+    done, total, shown = 0, len(lengths), 0
 
     def progress(n: int) -> None:  # a line per tenth: the cache can take minutes
-        nonlocal done
+        nonlocal done, shown
         done += n
-        if 10 * done // total > shown[0] and done < total:
-            shown[0] = 10 * done // total
+        if 10 * done // total > shown and done < total:
+            shown = 10 * done // total
             left = (time.perf_counter() - t0) * (total - done) / done
             say(f"caching the {start} frozen blocks: {done}/{total} examples, ~{left:.0f} s left")
 
