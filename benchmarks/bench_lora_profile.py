@@ -53,6 +53,16 @@ def timed(run, reps: int, min_seconds: float = 1.0) -> float:
     return (time.perf_counter() - t0) / n * 1000
 
 
+def elementwise(ms, lib, g, u) -> dict[str, float]:
+    """The elementwise kernels on ``g`` (and ``u``): ``lib`` is ``mlx.core`` or ``torch``, whose
+    functions of these names do the same."""
+    out = {"add": ms(lambda: g + u), "exp": ms(lambda: lib.exp(g))}
+    out["log"] = ms(lambda: lib.log(lib.abs(g)))
+    out["sigmoid"] = ms(lambda: lib.sigmoid(g))
+    out["tanh"] = ms(lambda: lib.tanh(g))
+    return out
+
+
 def mlx_pieces(model_dir: str, reps: int) -> dict[str, float]:
     from apeagent.blas import ensure_fast_blas
 
@@ -123,11 +133,7 @@ def mlx_pieces(model_dir: str, reps: int) -> dict[str, float]:
     out["RMSNorm"] = ms(lambda: low.input_layernorm(hh))
     out["matmul 1024x576 @ 576x1536"] = ms(lambda: hh.reshape(-1, HIDDEN) @ w.T)
     out["sgemm 2048^3"] = ms(lambda: a2 @ b2)
-    out["add"] = ms(lambda: g + u)
-    out["exp"] = ms(lambda: mx.exp(g))
-    out["log"] = ms(lambda: mx.log(mx.abs(g)))
-    out["sigmoid"] = ms(lambda: mx.sigmoid(g))
-    out["tanh"] = ms(lambda: mx.tanh(g))
+    out.update(elementwise(ms, mx, g, u))
     lengths = mx.array([[T // 2, T - 1]] * B)
     step = nn.value_and_grad(model, default_loss)
     out["whole step: loss forward + backward"] = ms(lambda: step(model, x, lengths))
@@ -220,11 +226,7 @@ def torch_pieces(model_dir: str, reps: int) -> dict[str, float]:
     out["RMSNorm"] = ms(lambda: low.input_layernorm(hh))
     out["matmul 1024x576 @ 576x1536"] = ms(lambda: hh.reshape(-1, HIDDEN) @ w.T)
     out["sgemm 2048^3"] = ms(lambda: a2 @ b2)
-    out["add"] = ms(lambda: g + u)
-    out["exp"] = ms(lambda: torch.exp(g))
-    out["log"] = ms(lambda: torch.log(torch.abs(g)))
-    out["sigmoid"] = ms(lambda: torch.sigmoid(g))
-    out["tanh"] = ms(lambda: torch.tanh(g))
+    out.update(elementwise(ms, torch, g, u))
     mask = torch.zeros(B, T - 1)
     mask[:, T // 2 - 1 :] = 1  # the answer span default_loss counts for lengths (T/2, T-1)
     model.train()
@@ -289,8 +291,9 @@ def main() -> None:
                 "(make one with ape-finetune import-gguf smollm2 DIR)"
             )
         load_before = os.getloadavg()
-        mlx = run_worker("mlx", str(Path(args.model).resolve()), args.reps)
-        torch = run_worker("torch", str(Path(args.model).resolve()), args.reps)
+        model_dir = str(Path(args.model).resolve())
+        mlx_ms = run_worker("mlx", model_dir, args.reps)
+        torch_ms = run_worker("torch", model_dir, args.reps)
         load_after = os.getloadavg()
     title = (
         f"one LoRA iteration's pieces, SmolLM2-135M, batch {B} x {T} positions, top "
@@ -301,8 +304,8 @@ def main() -> None:
     for col in ("piece", "MLX ms", "PyTorch ms", "MLX / PyTorch"):
         table.add_column(col, justify="right" if col != "piece" else "left")
     rows = []
-    for name, m in mlx.items():
-        t = torch[name]
+    for name, m in mlx_ms.items():
+        t = torch_ms[name]
         rows.append(
             {
                 "piece": name,
